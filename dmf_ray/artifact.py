@@ -1,0 +1,165 @@
+"""Model directory I/O: weights in safetensors, everything else in JSON. Never pickle.
+
+A model directory holds two files:
+  model.safetensors  the state dict, normalisation buffers included
+  config.json        {"format": "dmf_ray.fusion", "format_version": 1, "fusion": FusionConfig,
+                      "weights_sha256": ..., **card}
+The card is the caller's (encoder specs, training args, metrics, versions), so a served model is
+rebuilt from the directory alone. Each file is replaced atomically and config.json goes last, so
+a reader never sees a half-written file; the weights hash in config.json catches the one
+remaining race (new weights under an old config) as a clear error rather than a wrong model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .model import DynamicFusion, FusionConfig
+
+FORMAT = "dmf_ray.fusion"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_RESERVED_KEYS = ("format", "format_version", "fusion", "weights_sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the renames durable; not every platform lets a directory be opened, so best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_path(directory: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_fusion_model(
+    directory: str | os.PathLike, model: DynamicFusion, card: dict | None = None
+) -> Path:
+    """Write model.safetensors and config.json into `directory` (created if needed); returns it.
+
+    `card` must be strict JSON (no NaN/Infinity) and may not use the reserved keys format,
+    format_version, fusion or weights_sha256.
+    """
+    from safetensors.torch import save_file
+
+    card = dict(card or {})
+    clash = sorted(set(card) & set(_RESERVED_KEYS))
+    if clash:
+        raise ValueError(f"card may not set reserved keys {clash}")
+    directory = Path(directory)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fusion": model.config.to_dict()}
+    # Serialise the card before touching the disk, so a bad card leaves the directory untouched.
+    try:
+        json.dumps({**meta, **card}, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"card for {directory} is not strict JSON: {exc}") from exc
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp_weights = _temp_path(directory, WEIGHTS_FILE)
+    tmp_config = _temp_path(directory, CONFIG_FILE)
+    try:
+        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+        save_file(tensors, str(tmp_weights), metadata=header)
+        with open(tmp_weights, "rb+") as f:
+            os.fsync(f.fileno())
+        doc = {**meta, "weights_sha256": _sha256(tmp_weights), **card}
+        with open(tmp_config, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=False, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_weights, directory / WEIGHTS_FILE)
+        os.replace(tmp_config, directory / CONFIG_FILE)
+    finally:
+        for tmp in (tmp_weights, tmp_config):
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(directory)
+    return directory
+
+
+def read_model_config(directory: str | os.PathLike) -> dict:
+    """Read and check config.json without loading weights (e.g. to learn the encoders needed)."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"model directory {directory} does not exist")
+    if not directory.is_dir():
+        raise NotADirectoryError(f"model path {directory} is not a directory")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {directory} is not a dmf_ray model directory")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {doc.get('format')!r}, expected {FORMAT!r}")
+    version = doc.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path} has invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {version}, newer than the {FORMAT_VERSION} this dmf_ray "
+            f"reads; upgrade dmf_ray to load it"
+        )
+    try:
+        FusionConfig.from_dict(doc.get("fusion"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: bad 'fusion' section: {exc}") from exc
+    return doc
+
+
+def load_fusion_model(
+    directory: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[DynamicFusion, dict]:
+    """Rebuild the model from `directory`; returns (model in eval mode on `device`, config.json)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    doc = read_model_config(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found")
+    expected = doc.get("weights_sha256")
+    if expected is not None and _sha256(weights) != expected:
+        raise ValueError(
+            f"{weights} does not match the sha256 recorded in {CONFIG_FILE} "
+            f"(partially overwritten or copied from another model)"
+        )
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    model = DynamicFusion(FusionConfig.from_dict(doc["fusion"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights} does not fit the config in {CONFIG_FILE}: {exc}") from exc
+    return model.to(device).eval(), doc

@@ -1,0 +1,362 @@
+"""Ray Data featurisation: input files -> molecules -> one actor pool per encoder -> store.
+
+Stages (all streaming, so memory stays bounded whatever the library size):
+
+1. read    one task per input file cuts it into fixed chunks (shards) of rows;
+2. parse   per shard: RDKit parse, canonical SMILES, molecule id; writes the shard's molecules
+           and failures tables and commits them; passes on the molecules some modality still
+           lacks (new to the store, first occurrence in the shard), as RDKit binaries;
+3. encode  one actor pool per encoder (GPU encoders get ``num_gpus``), any batch size;
+4. write   per (shard, modality) Parquet parts, each file atomic;
+5. commit  the driver counts written rows and commits a (shard, modality) once all its
+           rows are on disk.
+
+A rerun of the same command removes uncommitted leftovers and redoes only what is missing.
+A molecule present in two shards of one run is encoded twice (neither shard knew of the
+other) and the second row is removed at the end (``EmbeddingStore.deduplicate``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from dmf_ray import fsutil
+from dmf_ray.encoders import DEFAULT_ENCODERS, Encoder, encoder_from_option, encoder_from_spec
+from dmf_ray.inputs import InputFile, RawChunk, discover_inputs, read_chunks
+from dmf_ray.molecules import InvalidSmilesError, Molecule, mol_from_bytes, mol_to_bytes, parse_smiles
+from dmf_ray.store import (
+    FAILURES_SCHEMA,
+    INPUTS_TABLE,
+    MOLECULES_SCHEMA,
+    EmbeddingStore,
+    embedding_array,
+    modality_schema,
+    modality_table,
+)
+
+ID_DTYPE = "S24"  # molecule ids as fixed-width bytes: compact and fast to search
+
+
+@dataclass
+class FeaturizeResult:
+    store: str
+    modalities: list[str]
+    shards_committed: int
+    rows_read: int
+    failed: int
+    encoded: dict[str, int]
+    duplicates_removed: dict[str, int]
+    seconds: float
+
+
+def resolve_encoders(options: list[str] | tuple[str, ...]) -> dict[str, Encoder]:
+    encoders: dict[str, Encoder] = {}
+    for option in options:
+        name, encoder = encoder_from_option(option)
+        if name in encoders:
+            raise ValueError(f"encoder {name!r} is listed twice")
+        encoders[name] = encoder
+    return encoders
+
+
+# ---- stage 1: read ------------------------------------------------------------------------
+def _read_stage(batch: dict[str, np.ndarray], chunk_rows: int, skip: set[str]):
+    for payload in batch["file"]:
+        file = InputFile(**payload)
+        for chunk in read_chunks(file, chunk_rows, skip):
+            yield _chunk_to_batch(chunk)
+
+
+def _chunk_to_batch(chunk: RawChunk) -> pa.Table:
+    n = len(chunk.rows)
+    return pa.table(
+        {
+            "shard": pa.array([chunk.shard] * n, pa.string()),
+            "source": pa.array([chunk.source] * n, pa.string()),
+            "row": pa.array(chunk.rows, pa.int64()),
+            "smiles": pa.array(chunk.smiles, pa.string()),
+            "source_id": pa.array(chunk.ids, pa.string()),
+            "chunk_size": pa.array([n] * n, pa.int64()),
+        }
+    )
+
+
+# ---- stage 2: parse -----------------------------------------------------------------------
+class _ParseStage:
+    """Parses whole shards (one block = one shard) and writes their molecules and failures."""
+
+    def __init__(self, store_uri: str, modalities: list[str], known_ids: dict[str, np.ndarray], inputs_done: set[str], modality_done: dict[str, set[str]]):
+        self.store = EmbeddingStore.open(store_uri)
+        self.modalities = modalities
+        self.known_ids = known_ids
+        self.inputs_done = inputs_done
+        self.modality_done = modality_done
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        outputs = []
+        shards = batch.column("shard").to_numpy(zero_copy_only=False)
+        for shard in dict.fromkeys(shards):
+            rows = batch.filter(pa.array(shards == shard))
+            expected = rows.column("chunk_size")[0].as_py()
+            if rows.num_rows != expected:  # a shard split across batches cannot be written atomically
+                raise RuntimeError(f"shard {shard} arrived in pieces ({rows.num_rows} of {expected} rows)")
+            outputs.append(self.parse_shard(shard, rows))
+        return pa.concat_tables(outputs) if outputs else _encode_input_schema(self.modalities).empty_table()
+
+    def parse_shard(self, shard: str, rows: pa.Table) -> pa.Table:
+        source = rows.column("source")[0].as_py()
+        molecules: list[Molecule] = []
+        keep_rows, failures = [], []
+        for i, (row, smiles) in enumerate(zip(rows.column("row").to_pylist(), rows.column("smiles").to_pylist())):
+            try:
+                molecules.append(parse_smiles(smiles))
+                keep_rows.append(i)
+            except InvalidSmilesError as exc:
+                failures.append((row, smiles, exc.reason))
+        if shard not in self.inputs_done:
+            self.write_inputs(shard, source, rows, keep_rows, molecules, failures)
+        return self.molecules_to_encode(shard, molecules)
+
+    def write_inputs(self, shard, source, rows, keep_rows, molecules, failures) -> None:
+        take = pa.array(keep_rows, pa.int64())
+        table = pa.table(
+            {
+                "mol_id": pa.array([m.mol_id for m in molecules], pa.string()),
+                "smiles": pa.array([m.smiles for m in molecules], pa.string()),
+                "source": pa.array([source] * len(molecules), pa.string()),
+                "row": rows.column("row").take(take),
+                "source_id": rows.column("source_id").take(take),
+            },
+            schema=MOLECULES_SCHEMA,
+        )
+        fsutil.write_parquet(self.store.fs, self.store.molecules_path(shard), table)
+        if failures:
+            frows, finputs, freasons = zip(*failures)
+            ftable = pa.table(
+                {"source": [source] * len(failures), "row": list(frows), "input": list(finputs), "reason": list(freasons)},
+                schema=FAILURES_SCHEMA,
+            )
+            fsutil.write_parquet(self.store.fs, self.store.failures_path(shard), ftable)
+        record = {"source": source, "inputs": rows.num_rows, "valid": len(molecules), "failed": len(failures)}
+        self.store.commit(INPUTS_TABLE, shard, record)
+
+    def molecules_to_encode(self, shard: str, molecules: list[Molecule]) -> pa.Table:
+        # First occurrence in the shard of each molecule not yet in the store, per modality.
+        seen: dict[str, int] = {}
+        for i, m in enumerate(molecules):
+            seen.setdefault(m.mol_id, i)
+        unique = [molecules[i] for i in seen.values()]
+        ids = np.array([m.mol_id for m in unique], dtype=ID_DTYPE)
+        needs = {}
+        for name in self.modalities:
+            if shard in self.modality_done[name]:
+                needs[name] = np.zeros(len(unique), dtype=bool)
+            else:
+                known = self.known_ids[name]
+                pos = np.searchsorted(known, ids)
+                found = (pos < len(known)) & (known[np.minimum(pos, len(known) - 1)] == ids) if len(known) else np.zeros(len(ids), bool)
+                needs[name] = ~found
+                if not needs[name].any():  # nothing to write: the shard is complete for it
+                    self.store.commit(modality_table(name), shard, {"rows": 0})
+        wanted = np.logical_or.reduce([needs[n] for n in self.modalities]) if self.modalities else np.zeros(len(unique), bool)
+        index = np.flatnonzero(wanted)
+        columns: dict[str, Any] = {
+            "shard": pa.array([shard] * len(index), pa.string()),
+            "mol_id": pa.array([unique[i].mol_id for i in index], pa.string()),
+            "smiles": pa.array([unique[i].smiles for i in index], pa.string()),
+            "mol": pa.array([mol_to_bytes(unique[i].mol) for i in index], pa.binary()),
+        }
+        for name in self.modalities:
+            columns[f"need__{name}"] = pa.array(needs[name][index])
+            columns[f"expect__{name}"] = pa.array(np.full(len(index), int(needs[name].sum()), dtype=np.int64))
+        return pa.table(columns, schema=_encode_input_schema(self.modalities))
+
+
+def _encode_input_schema(modalities: list[str]) -> pa.Schema:
+    fields = [("shard", pa.string()), ("mol_id", pa.string()), ("smiles", pa.string()), ("mol", pa.binary())]
+    for name in modalities:
+        fields += [(f"need__{name}", pa.bool_()), (f"expect__{name}", pa.int64())]
+    return pa.schema(fields)
+
+
+# ---- stage 3: encode ----------------------------------------------------------------------
+class EncodeStage:
+    """One encoder in an actor: the model (or fingerprint generator) is built once per actor."""
+
+    def __init__(self, name: str, spec: dict[str, Any]):
+        self.name = name
+        self.encoder = encoder_from_spec(spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        need = batch[f"need__{self.name}"].astype(bool)
+        index = np.flatnonzero(need)
+        molecules = [
+            Molecule(batch["mol_id"][i], batch["smiles"][i], mol_from_bytes(batch["mol"][i])) for i in index
+        ]
+        values = np.zeros((len(need), self.encoder.dim), dtype=self.encoder.dtype)
+        # "" = no error: Ray turns an all-None object column into floats between stages.
+        errors = np.full(len(need), "", dtype=object)
+        if molecules:
+            encoded = self.encoder.encode(molecules)
+            values[index] = encoded.values
+            errors[index] = np.array([e or "" for e in encoded.errors], dtype=object)
+        batch[f"emb__{self.name}"] = values
+        batch[f"err__{self.name}"] = errors
+        return batch
+
+
+# ---- stage 4: write -----------------------------------------------------------------------
+def _write_stage(batch: dict[str, np.ndarray], store_uri: str, specs: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    store = EmbeddingStore.open(store_uri)
+    status = defaultdict(list)
+    shards = batch["shard"]
+    for name, spec in specs.items():
+        need = batch[f"need__{name}"].astype(bool)
+        for shard in dict.fromkeys(shards[need]):
+            rows = np.flatnonzero(need & (shards == shard))
+            ids = batch["mol_id"][rows]
+            errors = [str(e) or None for e in batch[f"err__{name}"][rows]]
+            valid = np.array([e is None for e in errors], dtype=bool)
+            table = pa.table(
+                {
+                    "mol_id": pa.array(ids, pa.string()),
+                    "embedding": embedding_array(np.asarray(batch[f"emb__{name}"][rows], dtype=spec["dtype"]), valid),
+                    "error": pa.array(errors, pa.string()),
+                },
+                schema=modality_schema(spec["dtype"], spec["dim"]),
+            )
+            # Named by content: a retried task rewrites the same file instead of adding one.
+            digest = hashlib.blake2b("".join(ids).encode(), digest_size=8).hexdigest()
+            path = fsutil.join(store.modality_dir(name), f"{shard}--{digest}.parquet")
+            fsutil.write_parquet(store.fs, path, table)
+            status["shard"].append(shard)
+            status["modality"].append(name)
+            status["rows"].append(len(rows))
+            status["expected"].append(int(batch[f"expect__{name}"][rows[0]]))
+    if not status:
+        return {"shard": np.array([], dtype=object), "modality": np.array([], dtype=object), "rows": np.array([], dtype=np.int64), "expected": np.array([], dtype=np.int64)}
+    return {k: np.array(v) for k, v in status.items()}
+
+
+# ---- driver ------------------------------------------------------------------------------
+def _known_ids(store: EmbeddingStore, name: str) -> np.ndarray:
+    if name not in store.modalities:
+        return np.array([], dtype=ID_DTYPE)
+    ids = store.modality_table(name, ["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
+    return np.sort(ids.astype(ID_DTYPE))
+
+
+def _pool_size(encoder: Encoder, cpus: float, gpus: float) -> tuple[int, int]:
+    if encoder.num_gpus > 0 and gpus > 0:
+        return 1, max(1, int(gpus // encoder.num_gpus))
+    return 1, max(1, int(cpus))
+
+
+def _actor_cpus(cpus: float, actor_stages: int) -> float:
+    # Logical CPUs per CPU actor such that every pool at full size still leaves a fifth of the
+    # cluster to the read and write tasks: actors holding every CPU starve the reads and the
+    # whole job hangs (ray-project/ray#44687). Actors then share cores, which is fine.
+    return round(min(1.0, 0.8 * cpus / (actor_stages * max(1, int(cpus)))), 3)
+
+
+def featurize(
+    inputs: list[str],
+    store_uri: str,
+    encoders: list[str] | tuple[str, ...] = DEFAULT_ENCODERS,
+    smiles_column: str | None = None,
+    id_column: str | None = None,
+    shard_rows: int | None = None,
+    log: Callable[[str], None] = print,
+    progress_interval_s: float = 10.0,
+) -> FeaturizeResult:
+    """Featurise input files into the store; see the module docstring. Needs Ray running
+    (``dmf_ray.runtime.ensure_ray``)."""
+    import ray
+
+    from dmf_ray.runtime import cluster_resources
+
+    started = time.time()
+    files = discover_inputs(list(inputs), smiles_column, id_column)
+    chosen = resolve_encoders(encoders)
+    store = EmbeddingStore.open_or_create(store_uri, **({"shard_rows": shard_rows} if shard_rows else {}))
+    if shard_rows and shard_rows != store.shard_rows:
+        log(f"note: this store cuts inputs into shards of {store.shard_rows} rows (set when it was created)")
+    store.register_modalities({name: enc.spec() for name, enc in chosen.items()})
+    removed = store.remove_uncommitted()
+    if removed:
+        log(f"removed {removed} uncommitted file(s) left by an interrupted run")
+
+    names = list(chosen)
+    specs = {n: store.modalities[n] for n in names}
+    inputs_done = store.committed_keys(INPUTS_TABLE)
+    modality_done = {n: store.committed_keys(modality_table(n)) for n in names}
+    skip = set.intersection(inputs_done, *modality_done.values()) if names else set(inputs_done)
+    known = {n: _known_ids(store, n) for n in names}
+
+    cpus, gpus = cluster_resources()
+    actor_cpus = _actor_cpus(cpus, 1 + len(chosen))
+    ds = ray.data.from_items([{"file": f.__dict__} for f in files])
+    ds = ds.map_batches(
+        _read_stage, batch_size=1, batch_format="numpy", num_cpus=0.05,
+        fn_kwargs={"chunk_rows": store.shard_rows, "skip": skip},
+    )
+    ds = ds.map_batches(
+        _ParseStage, batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus))),
+        fn_constructor_kwargs={"store_uri": store_uri, "modalities": names, "known_ids": known, "inputs_done": inputs_done, "modality_done": modality_done},
+    )
+    for name, encoder in chosen.items():
+        low, high = _pool_size(encoder, cpus, gpus)
+        ds = ds.map_batches(
+            EncodeStage,
+            batch_size=encoder.default_batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+            num_cpus=actor_cpus if encoder.num_gpus == 0 or gpus == 0 else 1,
+            num_gpus=encoder.num_gpus if gpus > 0 else 0,
+            fn_constructor_kwargs={"name": name, "spec": specs[name]},
+        )
+    ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05, fn_kwargs={"store_uri": store_uri, "specs": specs})
+
+    written: dict[tuple[str, str], int] = defaultdict(int)
+    encoded = defaultdict(int)
+    committed = 0
+    last_log = time.time()
+    for status in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for shard, name, rows, expected in zip(status["shard"], status["modality"], status["rows"], status["expected"]):
+            key = (str(shard), str(name))
+            written[key] += int(rows)
+            encoded[str(name)] += int(rows)
+            if written[key] == expected:
+                store.commit(modality_table(key[1]), key[0], {"rows": int(expected)})
+                committed += 1
+            elif written[key] > expected:
+                raise RuntimeError(f"shard {key[0]} got {written[key]} rows of {key[1]}, expected {expected}")
+        if time.time() - last_log > progress_interval_s:
+            last_log = time.time()
+            rate = sum(encoded.values()) / max(1e-9, last_log - started)
+            log(f"featurize: {committed} shard-modalities committed, encoded {dict(encoded)} ({rate:,.0f} vectors/s)")
+
+    incomplete = [k for k, v in written.items() if k[0] not in store.committed_keys(modality_table(k[1]))]
+    if incomplete:
+        raise RuntimeError(f"{len(incomplete)} shard-modalities were written only in part, e.g. {incomplete[0]}; rerun to finish them")
+    duplicates = {n: store.deduplicate(n) for n in names}
+    inputs_now = store.committed(INPUTS_TABLE)
+    new_shards = [k for k in inputs_now if k not in inputs_done]
+    return FeaturizeResult(
+        store=store_uri,
+        modalities=names,
+        shards_committed=len(new_shards),
+        rows_read=sum(inputs_now[k]["inputs"] for k in new_shards),
+        failed=sum(inputs_now[k]["failed"] for k in new_shards),
+        encoded=dict(encoded),
+        duplicates_removed=duplicates,
+        seconds=time.time() - started,
+    )

@@ -1,0 +1,45 @@
+"""Shared fixtures. One real local Ray cluster for the whole session (ray.init costs ~8 s)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def rdkit_sample_file() -> str:
+    import rdkit
+
+    return os.path.join(os.path.dirname(rdkit.__file__), "Data", "NCI", "first_5K.smi")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray, started once; tests that need Ray take this fixture."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # A stalled pipeline should fail the test rather than hang CI.
+    ctx.execution_no_progress_timeout_s = 120
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
