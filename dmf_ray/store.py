@@ -333,7 +333,8 @@ class EmbeddingStore:
             if not files:
                 raise StoreError(f"{self.uri}: modality {name!r} has no committed rows")
             ds = ray.data.read_parquet(files, filesystem=self.fs).select_columns(["mol_id", "embedding"])
-            parts.append(ds.filter(_valid_embedding).rename_columns({"embedding": name}))
+            ds = ds.map_batches(_drop_failed_rows, batch_format="pyarrow", batch_size=None)
+            parts.append(ds.rename_columns({"embedding": name}))
         joined = parts[0]
         partitions = num_partitions or max(1, len(self.modality_files(names[0])))
         for part in parts[1:]:
@@ -401,8 +402,9 @@ class EmbeddingStore:
         return int(duplicated.sum())
 
 
-def _valid_embedding(batch: pa.Table) -> pa.Array:
-    return pc.is_valid(batch.column("embedding"))
+def _drop_failed_rows(batch: pa.Table) -> pa.Table:
+    # A row whose encoder failed has a null embedding: the modality is absent there.
+    return batch.filter(pc.is_valid(batch.column("embedding")))
 
 
 def _paired_batch(batch: pa.Table, dims: dict[str, int]) -> dict[str, np.ndarray]:

@@ -30,7 +30,15 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        tests_dir = str(Path(__file__).resolve().parent)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            # Workers import the test-only encoders (tests/plugin_encoders.py) from here.
+            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}},
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     # A stalled pipeline should fail the test rather than hang CI.

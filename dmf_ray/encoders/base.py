@@ -12,6 +12,7 @@ Third-party encoders register through the Python entry-point group ``dmf_ray.enc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
@@ -83,6 +84,7 @@ class Encoder:
         """What the store manifest and the model card record about this modality."""
         return {
             "encoder": self.name,
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
             "args": self.args,
             "dim": self.dim,
             "dtype": self.dtype,
@@ -148,6 +150,10 @@ def encoder_from_option(option: str) -> tuple[str, Encoder]:
 
 def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
     """Rebuild an encoder from the spec a store manifest or a model card recorded."""
+    if spec["encoder"] not in _REGISTRY and spec.get("class"):
+        # A Ray worker has not imported the plugin the driver registered: importing its
+        # module runs its @register.
+        import_module(spec["class"].split(":", 1)[0])
     encoder = create_encoder(spec["encoder"], spec.get("args"))
     if str(spec.get("version", encoder.version)) != str(encoder.version):
         raise ValueError(

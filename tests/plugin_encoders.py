@@ -1,0 +1,60 @@
+"""Encoders used by the integration tests: real Encoder subclasses with controlled failures.
+
+Ray workers import this module through the ``class`` path in the encoder spec; conftest puts
+the tests folder on the workers' PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from dmf_ray.encoders import Encoder, register
+
+
+@register("test-no-nitrogen")
+class NoNitrogen(Encoder):
+    """Fails on every molecule containing nitrogen: a per-molecule encoder failure."""
+
+    dtype = "float32"
+    description = "test encoder: atom counts, fails on nitrogen"
+
+    @property
+    def dim(self) -> int:
+        return 3
+
+    def encode_one(self, molecule):
+        if any(a.GetSymbol() == "N" for a in molecule.mol.GetAtoms()):
+            raise ValueError("refuses nitrogen")
+        m = molecule.mol
+        return np.array([m.GetNumAtoms(), m.GetNumBonds(), m.GetRingInfo().NumRings()], dtype=np.float32)
+
+
+@register("test-crash")
+class CrashWhenArmed(Encoder):
+    """Crashes the whole batch (and so the run) on a chlorine-containing molecule while the
+    file named by ``marker`` exists: a job dying half-way."""
+
+    dtype = "uint8"
+    default_batch_size = 16
+
+    def __init__(self, marker: str = ""):
+        super().__init__(marker=marker)
+        self.marker = marker
+
+    @classmethod
+    def from_option(cls, value):
+        return cls(marker=value)
+
+    @property
+    def dim(self) -> int:
+        return 4
+
+    def encode(self, molecules):
+        if self.marker and os.path.exists(self.marker) and any("Cl" in m.smiles for m in molecules):
+            raise RuntimeError("simulated crash")
+        return super().encode(molecules)
+
+    def encode_one(self, molecule):
+        return np.array([min(255, molecule.mol.GetNumAtoms()), 1, 2, 3], dtype=np.uint8)

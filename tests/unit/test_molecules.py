@@ -1,0 +1,51 @@
+import pytest
+
+from dmf_ray.molecules import ID_LENGTH, InvalidSmilesError, canonical_id, mol_from_bytes, mol_to_bytes, parse_smiles, to_selfies
+
+
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ["CCO", "OCC", "C(O)C", "[CH3][CH2][OH]"],
+        ["c1ccccc1", "C1=CC=CC=C1", "C1C=CC=CC=1"],
+        ["C[C@H](N)C(=O)O", "N[C@@H](C)C(O)=O", "OC(=O)[C@H](C)N"],
+    ],
+)
+def test_same_molecule_written_differently_gets_same_id(spellings):
+    ids = {canonical_id(s) for s in spellings}
+    assert len(ids) == 1
+    (mol_id,) = ids
+    assert len(mol_id) == ID_LENGTH and int(mol_id, 16) >= 0
+
+
+def test_stereo_and_different_molecules_get_different_ids():
+    assert canonical_id("C[C@H](N)C(=O)O") != canonical_id("C[C@@H](N)C(=O)O")
+    assert canonical_id("CCO") != canonical_id("CCN")
+
+
+@pytest.mark.parametrize(
+    "smiles, reason",
+    [
+        ("C1CC", "unclosed ring"),
+        ("CC(C", "parenthes"),
+        ("C(C)(C)(C)(C)C", "valence"),
+        ("c1cccc1", "kekulize"),
+        ("", "empty"),
+        ("   ", "empty"),
+    ],
+)
+def test_invalid_smiles_error_names_input_and_rdkit_reason(smiles, reason):
+    with pytest.raises(InvalidSmilesError) as info:
+        parse_smiles(smiles)
+    assert reason.lower() in str(info.value).lower()
+    if smiles.strip():
+        assert repr(smiles) in str(info.value)
+
+
+def test_binary_round_trip_keeps_the_molecule():
+    m = parse_smiles("CC(=O)Nc1ccc(O)cc1")
+    assert parse_smiles(__import__("rdkit.Chem", fromlist=["Chem"]).MolToSmiles(mol_from_bytes(mol_to_bytes(m.mol)))).mol_id == m.mol_id
+
+
+def test_selfies_conversion():
+    assert to_selfies("c1ccccc1").startswith("[C]")
