@@ -89,6 +89,29 @@ def _print_store_info(uri: str, as_json: bool) -> None:
         )
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from dmf_ray.artifact import read_model_config
+    from dmf_ray.embed import embed
+    from dmf_ray.inference import choose_modalities
+    from dmf_ray.runtime import ensure_ray
+
+    if bool(args.inputs) == bool(args.store):
+        raise CliError("give input files or --store (not both)")
+    card = read_model_config(args.model)
+    choose_modalities(card["fusion"]["modalities"], None, args.drop_modalities)
+    if args.inputs:
+        from dmf_ray.inputs import discover_inputs
+
+        discover_inputs(args.inputs, args.smiles_column, args.id_column)
+    ensure_ray(args.num_cpus)
+    embed(
+        args.model, args.out, inputs=args.inputs or None, store_uri=args.store,
+        smiles_column=args.smiles_column, id_column=args.id_column,
+        drop_modalities=args.drop_modalities, log=_log,
+    )
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from dmf_ray.encoders import DEFAULT_ENCODERS
     from dmf_ray.featurize import featurize
@@ -139,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-rows", type=int, default=None, help="input rows per shard, fixed when a store is created (default 20000)")
     ray_options(p)
     p.set_defaults(func=cmd_featurize)
+
+    p = sub.add_parser("embed", help="fused embeddings for a library (input files or a store) with a trained model")
+    p.add_argument("inputs", nargs="*", help="input files or folders (as for featurize); or use --store")
+    p.add_argument("--model", required=True, help="model directory written by dmf train")
+    p.add_argument("--store", help="embed every molecule of a store from its stored vectors")
+    p.add_argument("--out", required=True, help="output Parquet dataset (a folder; overwritten)")
+    p.add_argument("--drop-modalities", type=_encoder_list, default=None, help="modalities to withhold, e.g. maccs")
+    p.add_argument("--smiles-column")
+    p.add_argument("--id-column")
+    ray_options(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("store", help="inspect a store")
     store_sub = p.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")

@@ -160,4 +160,6 @@ def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
             f"encoder {spec['encoder']!r} recorded version {spec.get('version')} but the "
             f"installed one is version {encoder.version}: its vectors would differ"
         )
+    if "dim" in spec and int(spec["dim"]) != encoder.dim:
+        raise ValueError(f"encoder {spec['encoder']!r} recorded dim {spec['dim']} but builds dim {encoder.dim}")
     return encoder

@@ -1,0 +1,212 @@
+"""Batch embedding: fused vectors for a whole library with Ray Data, streaming.
+
+Two sources:
+- input files: each actor loads the model and its encoders once (``FusionEmbedder``), and turns
+  SMILES into fused vectors exactly as the online service does;
+- a store: the stored modality vectors are fused directly (no featurisation); the store's
+  encoders must be the ones the model was trained with.
+
+Output: a Parquet dataset (a folder) with one row per input row, aligned with a status:
+``mol_id``, ``smiles``, ``embedding`` (fixed_size_list<float32>, null on failure),
+``attn_<modality>`` per model modality (0 where absent), ``present`` (modality names used),
+``error`` (null or the reason), plus ``source``/``row`` to trace the row back. Rerunning
+overwrites the output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from dmf_ray.artifact import read_model_config
+from dmf_ray.inference import FusionEmbedder, choose_modalities, fuse_arrays
+from dmf_ray.inputs import discover_inputs
+
+
+@dataclass
+class EmbedResult:
+    out: str
+    rows: int
+    failed: int
+    seconds: float
+
+
+def output_schema(modalities: list[str], latent_dim: int) -> pa.Schema:
+    fields = [
+        ("mol_id", pa.string()),
+        ("smiles", pa.string()),
+        ("embedding", pa.list_(pa.float32(), latent_dim)),
+        *[(f"attn_{m}", pa.float32()) for m in modalities],
+        ("present", pa.list_(pa.string())),
+        ("error", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+    ]
+    return pa.schema(fields)
+
+
+def _rows_to_table(results: list[dict[str, Any]], modalities: list[str], latent_dim: int, source, row) -> pa.Table:
+    n = len(results)
+    ok = np.array([r.get("error") is None for r in results], dtype=bool)
+    vectors = np.zeros((n, latent_dim), dtype=np.float32)
+    for i, r in enumerate(results):
+        if ok[i]:
+            vectors[i] = r["embedding"]
+    flat = pa.array(vectors.reshape(-1))
+    embedding = pa.FixedSizeListArray.from_arrays(flat, latent_dim, mask=None if ok.all() else pa.array(~ok))
+    columns = {
+        "mol_id": pa.array([r.get("mol_id") for r in results], pa.string()),
+        "smiles": pa.array([r.get("smiles") for r in results], pa.string()),
+        "embedding": embedding,
+    }
+    for m in modalities:
+        columns[f"attn_{m}"] = pa.array([r["attention"][m] if ok[i] else 0.0 for i, r in enumerate(results)], pa.float32())
+    columns["present"] = pa.array([r.get("modalities", []) for r in results], pa.list_(pa.string()))
+    columns["error"] = pa.array([r.get("error") for r in results], pa.string())
+    columns["source"] = pa.array(source, pa.string())
+    columns["row"] = pa.array(row, pa.int64())
+    return pa.table(columns, schema=output_schema(modalities, latent_dim))
+
+
+class EmbedSmilesStage:
+    """SMILES -> fused vectors; one model + encoders load per actor."""
+
+    def __init__(self, model_dir: str, drop: list[str] | None):
+        self.embedder = FusionEmbedder(model_dir)
+        self.use = choose_modalities(self.embedder.modalities, None, drop)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        smiles = [s if s is not None else "" for s in batch.column("smiles").to_pylist()]
+        results = self.embedder.embed_smiles(smiles, self.use)
+        return _rows_to_table(
+            results, self.embedder.modalities, self.embedder.model.config.latent_dim,
+            batch.column("source"), batch.column("row"),
+        )
+
+
+class FuseStoredStage:
+    """Stored modality vectors -> fused vectors; the model only, no encoders."""
+
+    def __init__(self, model_dir: str, drop: list[str] | None):
+        from dmf_ray.artifact import load_fusion_model
+
+        self.model, _ = load_fusion_model(model_dir)
+        self.names = list(self.model.config.modalities)
+        self.use = choose_modalities(self.names, None, drop)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        n = len(batch["mol_id"])
+        present = np.zeros((n, len(self.names)), dtype=bool)
+        values = {}
+        for j, (name, dim) in enumerate(zip(self.names, self.model.config.dims)):
+            column = batch.get(name)
+            matrix = np.zeros((n, dim), dtype=np.float32)
+            if column is not None and name in self.use:
+                for i, v in enumerate(column):  # rows without the modality came out of the join as None
+                    if v is not None:
+                        matrix[i] = v
+                        present[i, j] = True
+            values[name] = matrix
+        fused = fuse_arrays(self.model, values, present)
+        results = []
+        for i in range(n):
+            base = {"mol_id": batch["mol_id"][i], "smiles": batch["smiles"][i]}
+            if present[i].any():
+                base |= {
+                    "embedding": fused.fused[i],
+                    "attention": {m: float(fused.attention[i, j]) for j, m in enumerate(self.names)},
+                    "modalities": [m for j, m in enumerate(self.names) if present[i, j]],
+                    "error": None,
+                }
+            else:
+                base["error"] = "no modality of the model is stored for this molecule"
+            results.append(base)
+        return _rows_to_table(results, self.names, self.model.config.latent_dim, batch["source"], batch["row"])
+
+
+def _failures_as_rows(batch: pa.Table, modalities: list[str], latent_dim: int) -> pa.Table:
+    results = [{"error": f"SMILES {i!r} is invalid: {r}"} for i, r in zip(batch.column("input").to_pylist(), batch.column("reason").to_pylist())]
+    return _rows_to_table(results, modalities, latent_dim, batch.column("source"), batch.column("row"))
+
+
+def _check_store_matches_model(store, card: dict[str, Any], needed: list[str]) -> None:
+    from dmf_ray.store import _identity
+
+    problems = []
+    for name in needed:
+        if name not in store.modalities:
+            problems.append(f"the store has no modality {name!r} (drop it with --drop-modalities {name})")
+        elif _identity(store.modalities[name]) != _identity(card["modalities"][name]):
+            problems.append(f"modality {name!r} was stored with a different encoder than the model was trained on")
+    if problems:
+        raise ValueError(f"{store.uri}: " + "; ".join(problems))
+
+
+def embed(
+    model_dir: str,
+    out: str,
+    inputs: list[str] | None = None,
+    store_uri: str | None = None,
+    smiles_column: str | None = None,
+    id_column: str | None = None,
+    drop_modalities: list[str] | None = None,
+    batch_size: int = 512,
+    log: Callable[[str], None] = print,
+) -> EmbedResult:
+    """Embed input files or a whole store with a trained model; needs Ray running."""
+    import ray
+    from ray.data import ActorPoolStrategy, SaveMode
+
+    from dmf_ray.featurize import _read_stage, _actor_cpus
+    from dmf_ray.runtime import cluster_resources
+
+    if (inputs is None) == (store_uri is None):
+        raise ValueError("give input files or --store, not both")
+    card = read_model_config(model_dir)
+    modalities = list(card["fusion"]["modalities"])
+    latent_dim = int(card["fusion"]["latent_dim"])
+    use = choose_modalities(modalities, None, drop_modalities)
+    cpus, _ = cluster_resources()
+    pool = ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus)))
+    started = time.time()
+
+    if inputs is not None:
+        files = discover_inputs(list(inputs), smiles_column, id_column)
+        ds = ray.data.from_items([{"file": f.__dict__} for f in files])
+        ds = ds.map_batches(_read_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, fn_kwargs={"chunk_rows": batch_size * 8, "skip": set()})
+        ds = ds.map_batches(
+            EmbedSmilesStage, batch_size=batch_size, batch_format="pyarrow", compute=pool,
+            num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
+        )
+    else:
+        from dmf_ray.store import EmbeddingStore
+
+        store = EmbeddingStore.open(store_uri)
+        _check_store_matches_model(store, card, use)
+        paired = store.read_dataset(use)
+        molecules = ray.data.read_parquet(store._table_files("molecules"), filesystem=store.fs).select_columns(["mol_id", "smiles", "source", "row"])
+        joined = molecules.join(paired, join_type="left_outer", num_partitions=max(1, int(cpus)), on=("mol_id",))
+        ds = joined.map_batches(
+            FuseStoredStage, batch_size=batch_size, batch_format="numpy", compute=pool,
+            num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
+        )
+        failure_files = store._table_files("failures")
+        if failure_files:
+            failures = ray.data.read_parquet(failure_files, filesystem=store.fs)
+            ds = ds.union(failures.map_batches(_failures_as_rows, batch_format="pyarrow", fn_kwargs={"modalities": modalities, "latent_dim": latent_dim}))
+
+    ds.write_parquet(out, mode=SaveMode.OVERWRITE)
+    written = ray.data.read_parquet(out).select_columns(["error"])
+    rows = written.count()
+    failed = rows - int(written.map_batches(_count_ok, batch_format="pyarrow").sum("ok") or 0)
+    result = EmbedResult(out, rows, failed, time.time() - started)
+    log(f"embedded {rows:,} rows ({failed:,} failed) into {out} in {result.seconds:.1f} s")
+    return result
+
+
+def _count_ok(batch: pa.Table) -> dict[str, np.ndarray]:
+    return {"ok": np.array([batch.column("error").null_count], dtype=np.int64)}

@@ -1,0 +1,148 @@
+"""Benchmark: `dmf featurize` throughput vs a plain single-process RDKit loop, store size, memory.
+
+    python jobs/bench_featurize.py --n 200000            # MOSES molecules from ../shared/data
+    ray job submit --working-dir . -- python jobs/bench_featurize.py --n 1000000
+
+Prints molecules/s of the pipeline with `ecfp`, the same for a plain loop (parse + Morgan counts)
+measured in the same run, their ratio against `cores x loop`, bytes per molecule in the store,
+and the peak memory (PSS) of the driver plus the local Ray it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "moses" / "train.csv.gz"
+
+
+def read_smiles(source: Path, n: int) -> list[str]:
+    opener = gzip.open if source.suffix == ".gz" else open
+    out = []
+    with opener(source, "rt") as f:
+        for i, line in enumerate(f):
+            token = line.split(",")[0].split()[0] if line.strip() else ""
+            if i == 0 and token.lower() == "smiles":
+                continue
+            if token:
+                out.append(token)
+            if len(out) == n:
+                break
+    return out
+
+
+def plain_loop_rate(smiles: list[str]) -> float:
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    start = time.perf_counter()
+    for s in smiles:
+        mol = Chem.MolFromSmiles(s)
+        if mol is not None:
+            generator.GetCountFingerprintAsNumPy(mol)
+    return len(smiles) / (time.perf_counter() - start)
+
+
+class PeakMemory:
+    """Samples the summed proportional memory (PSS: shared pages split between their users, so
+    the object store is counted once) of this process and its descendants, which for a local
+    Ray are the GCS, the raylet and every worker."""
+
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process(os.getpid())
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200_000, help="molecules to featurize (default 200000)")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="SMILES file (.csv.gz with SMILES first, or .smi)")
+    parser.add_argument("--loop-n", type=int, default=20_000, help="molecules for the plain-loop baseline")
+    parser.add_argument("--encoders", default="ecfp")
+    parser.add_argument("--workdir", default=None, help="where to put the input copy and the store (default: a temp dir)")
+    args = parser.parse_args()
+
+    from dmf_ray.featurize import featurize
+    from dmf_ray.runtime import cluster_resources, ensure_ray
+    from dmf_ray.store import EmbeddingStore
+
+    if not args.source.exists():
+        import rdkit
+
+        args.source = Path(rdkit.__file__).parent / "Data" / "NCI" / "first_5K.smi"
+        print(f"shared data absent; using {args.source}")
+    smiles = read_smiles(args.source, args.n)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dmf-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    library = workdir / "library.smi"
+    library.write_text("\n".join(smiles) + "\n")
+    store = workdir / "store"
+    shutil.rmtree(store, ignore_errors=True)
+
+    loop_rate = plain_loop_rate(smiles[: args.loop_n])
+    ensure_ray()
+    cpus, _ = cluster_resources()
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        result = featurize([str(library)], str(store), args.encoders.split(","), log=lambda m: print(m, flush=True))
+        seconds = time.perf_counter() - start
+    info = EmbeddingStore.open(str(store)).info()
+    rate = len(smiles) / seconds
+    figures = {
+        "molecules": len(smiles),
+        "encoders": args.encoders,
+        "cpus": cpus,
+        "pipeline_mol_per_s": round(rate, 1),
+        "plain_loop_mol_per_s": round(loop_rate, 1),
+        "ratio_vs_cores_x_loop": round(rate / (cpus * loop_rate), 3),
+        "store_bytes_per_molecule": round(info["bytes"] / max(1, info["molecules"]), 1),
+        "peak_pss_gb": round(memory.peak / 1e9, 2),
+        "seconds": round(seconds, 1),
+        "failed": result.failed,
+    }
+    print(f"featurize ({args.encoders}): {rate:,.0f} mol/s; plain loop {loop_rate:,.0f} mol/s/core; "
+          f"ratio vs {cpus:g} cores x loop = {figures['ratio_vs_cores_x_loop']:.2f} (target >= 0.6)")
+    print(f"store: {figures['store_bytes_per_molecule']:.0f} bytes/molecule (target <= 300); "
+          f"peak memory (PSS of driver + local Ray) {figures['peak_pss_gb']:.2f} GB")
+    print("BENCH " + json.dumps(figures))
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""dmf embed over files and over a store, on the shared local Ray, with a small real model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dmf_ray.artifact import save_fusion_model
+from dmf_ray.cli import main as dmf
+from dmf_ray.featurize import featurize
+from dmf_ray.inference import FusionEmbedder
+from dmf_ray.model import DynamicFusion, FusionConfig
+from dmf_ray.store import EmbeddingStore
+
+pytestmark = pytest.mark.integration
+
+SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C1CC", "CCN(CC)CC", "OCC", "O=C(O)c1ccccc1OC(C)=O", "bad("]
+NAMES = ["ecfp", "maccs", "rdkit2d"]
+
+
+@pytest.fixture(scope="module")
+def library(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    src = root / "lib.smi"
+    src.write_text("".join(f"{s}\n" for s in SMILES))
+    store = str(root / "store")
+    featurize([str(src)], store, NAMES, log=lambda m: None)
+    s = EmbeddingStore.open(store)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = DynamicFusion(FusionConfig(modalities=NAMES, dims=[s.modalities[n]["dim"] for n in NAMES], latent_dim=16))
+    paired = s.read_numpy(NAMES)
+    model.set_normalization({n: (paired.values[n].mean(0), paired.values[n].std(0)) for n in NAMES})
+    model_dir = root / "model"
+    save_fusion_model(model_dir, model, card={"modalities": {n: s.modalities[n] for n in NAMES}})
+    return root, str(src), store, str(model_dir)
+
+
+def test_embed_files_with_a_dropped_modality(library):
+    root, src, _, model_dir = library
+    out = root / "fused.parquet"
+    assert dmf(["embed", "--model", model_dir, src, "--out", str(out), "--drop-modalities", "maccs"]) == 0
+    table = pq.read_table(out).to_pandas().sort_values("row")
+    assert len(table) == len(SMILES)  # one row per input row, failures included
+    assert list(table.columns[:3]) == ["mol_id", "smiles", "embedding"]
+    bad = table[table.error.notna()]
+    assert sorted(bad.row) == [4, 8] and bad.embedding.isna().all()
+    assert bad.error.str.contains("is invalid").all()
+    good = table[table.error.isna()]
+    assert (good.attn_maccs == 0).all()
+    assert all(list(p) == ["ecfp", "rdkit2d"] for p in good.present)
+    np.testing.assert_allclose(good.attn_ecfp + good.attn_rdkit2d, 1.0, rtol=1e-5)
+
+    # Same vectors as the in-process path the service uses.
+    expected = FusionEmbedder(model_dir).embed_smiles(list(good.smiles), drop=["maccs"])
+    np.testing.assert_allclose(np.stack(good.embedding.to_list()), np.stack([e["embedding"] for e in expected]), atol=1e-5)
+
+    # A rerun overwrites instead of appending.
+    assert dmf(["embed", "--model", model_dir, src, "--out", str(out), "--drop-modalities", "maccs"]) == 0
+    assert pq.read_table(out).num_rows == len(SMILES)
+
+
+@pytest.mark.slow
+def test_embed_a_store_reuses_stored_vectors(library):
+    root, src, store, model_dir = library
+    out = root / "from_store.parquet"
+    assert dmf(["embed", "--model", model_dir, "--store", store, "--out", str(out)]) == 0
+    table = pq.read_table(out).to_pandas()
+    assert len(table) == len(SMILES)
+    good = table[table.error.isna()].drop_duplicates("mol_id")
+    expected = {r["mol_id"]: r for r in FusionEmbedder(model_dir).embed_smiles(list(good.smiles))}
+    for _, row in good.iterrows():
+        np.testing.assert_allclose(row.embedding, expected[row.mol_id]["embedding"], atol=1e-5)
+        assert row.attn_maccs == pytest.approx(expected[row.mol_id]["attention"]["maccs"], abs=1e-5)
+
+
+def test_embed_errors_are_one_line(library, capsys):
+    root, src, _, model_dir = library
+    assert dmf(["embed", "--model", model_dir, src, "--out", str(root / "x"), "--drop-modalities", "nope"]) == 2
+    assert "unknown modality 'nope'" in capsys.readouterr().err
+    assert dmf(["embed", "--model", str(root / "missing"), src, "--out", str(root / "x")]) == 2
