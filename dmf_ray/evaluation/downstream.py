@@ -26,8 +26,9 @@ per task.
 Trees: ``n_estimators=None`` means 300 trees when the labelled training rows summed over
 tasks are at most 20,000 (small sets: cheap, and less seed noise), else 100 (HIV, Tox21,
 SIDER), where 300 trees gained only ~0.002 AUC for 3x the time. With the grid, one HIV call
-takes about 40-50 s on 2 cores, so 15 feature sets x 3 seeds is about 35 minutes; pass
-``params=`` (e.g. the params chosen for seed 0) to skip the grid and halve that.
+takes about 45 s on 2 cores (0.75x one reference RF-300 fit timed in the same run), so
+15 feature sets x 3 seeds is about 35 minutes; pass ``params=`` (e.g. the params chosen
+for seed 0; a call then takes about 25-30 s) to skip the grid: about 25 minutes.
 
 Multi-task labels: one model per label column, fitted on the rows where that label is
 present. A classification label with a single class among its training rows cannot be

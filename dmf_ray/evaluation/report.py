@@ -312,8 +312,8 @@ def _write_csvs(results: Sequence[TaskResult], paths: dict[str, Path]) -> None:
             datasets.append([r.task, r.split, split, r.n_molecules.get(split, ""), r.invalid_smiles.get(split, ""),
                              r.scaffold_overlap if split == "test" and r.scaffold_overlap is not None else ""])
     _csv(paths["table1"], ["task", "metric", "split", "row", "mean", "std", "n_seeds"], table1)
-    _csv(paths["scores"], ["task", "split", "row", "metric", "seed", "value"], scores)
-    _csv(paths["robustness"], ["task", "metric", "pattern", "method", "seed", "value"], robust)
+    _csv(paths["scores"], ["task", "split", "row", "metric", "seed_index", "value"], scores)
+    _csv(paths["robustness"], ["task", "metric", "pattern", "method", "seed_index", "value"], robust)
     _csv(paths["reconstruction"], ["task", "modality", "cosine"], recon)
     _csv(paths["attention"], ["task", "modality", "attention"], att)
     _csv(paths["attention_vs_mask_rate"], ["task", "mask_rate", "modality", "attention"], att_rate)
@@ -385,23 +385,25 @@ def _markdown(results: Sequence[TaskResult], title: str) -> str:
             lines.append(f"| {pattern} | {_fmt(*f)} | {_fmt(*c)} | {diff} |")
         lines.append("")
 
-    for key, heading, fig, what in (
-        ("reconstruction_cosine", "Figure 3: reconstruction cosine per modality", "figure3", "cosine"),
-        ("attention", "Figure 5: mean attention weight per modality", "figure5", "attention"),
-    ):
-        lines += [f"## {heading}", "", f"![{heading.split(':')[0]}]({FILES[fig]})", ""]
+    def modality_table(key: str, heading: str, fig: str, what: str) -> None:
+        lines.extend([f"## {heading}", "", f"![{heading.split(':')[0]}]({FILES[fig]})", ""])
         mods = list(dict.fromkeys(m for r in results for m in getattr(r, key)))
-        if mods:
-            lines.append("| modality | " + " | ".join(r.task for r in results) + " |")
-            lines.append("|---|" + "---|" * len(results))
-            for m in mods:
-                cells = [f"{getattr(r, key)[m]:.3f}" if m in getattr(r, key) else "–" for r in results]
-                lines.append(f"| {m} | " + " | ".join(cells) + " |")
-            lines.append("")
-        else:
-            lines += [f"(no {what} data)", ""]
+        if not mods:
+            lines.extend([f"(no {what} data)", ""])
+            return
+        lines.append("| modality | " + " | ".join(r.task for r in results) + " |")
+        lines.append("|---|" + "---|" * len(results))
+        for m in mods:
+            cells = [f"{getattr(r, key)[m]:.3f}" if m in getattr(r, key) else "–" for r in results]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    modality_table("reconstruction_cosine", "Figure 3: reconstruction cosine per modality", "figure3", "reconstruction")
     lines += ["## Figure 4: attention weight per modality vs mask rate", "",
               f"![Figure 4]({FILES['figure4']})", ""]
+    if not any(r.attention_vs_mask_rate for r in results):
+        lines += ["(no attention vs mask rate data)", ""]
+    modality_table("attention", "Figure 5: mean attention weight per modality", "figure5", "attention")
 
     lines += ["## Data", "",
               "Invalid SMILES are rows RDKit cannot parse; they are kept and counted, never dropped. "
@@ -464,14 +466,17 @@ def _figure2(results: Sequence[TaskResult], path: Path) -> None:
         refs = [(FUSION, "tab:blue")] + ([(max(full_concat, key=lambda n: n.count("+")), "tab:orange")] if full_concat else [])
         for row, color in refs:
             if row in r.rows and math.isfinite(mean_std(r.rows[row])[0]):
-                ax.axhline(mean_std(r.rows[row])[0], color=color, ls="--", lw=1, label=f"{row}, nothing removed")
+                label = "fusion" if row == FUSION else "concat (all modalities)"
+                ax.axhline(mean_std(r.rows[row])[0], color=color, ls="--", lw=1, label=f"{label}, nothing removed")
         ax.set_xticks(x, patterns, rotation=30, ha="right")
         ax.set_ylabel(METRIC_LABELS[r.metric])
         ax.set_title(r.task)
         finite = [v for p in patterns for vals in r.robustness[p].values() for v in _floats(vals) if math.isfinite(v)]
         if finite and r.metric == "roc_auc":
             ax.set_ylim(max(0.0, min(finite) - 0.1), min(1.0, max(finite) + 0.05))
-        ax.legend(fontsize=7)
+    if with_data:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
     _save(fig, path)
 
 

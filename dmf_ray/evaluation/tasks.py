@@ -157,9 +157,11 @@ def _to_float(values, path: Path, column: str) -> np.ndarray:
         try:
             out[i] = float(s)
         except ValueError:
+            out[i] = np.inf
+        if not np.isfinite(out[i]):
             raise TaskError(
-                f"{path}: label column {column!r} has non-numeric value {v!r} (row {i + 2})"
-            ) from None
+                f"{path}: label column {column!r} has non-numeric value {v!r} (line {i + 2})"
+            )
     return out
 
 

@@ -1,0 +1,142 @@
+"""Task loading: folder / three files / one file + computed split, detection, clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmf_ray.evaluation.splits import scaffold_keys
+from dmf_ray.evaluation.tasks import TaskError, load_task
+
+DATA = Path(__file__).parents[2] / ".." / "shared" / "data" / "moleculenet"
+
+RINGS = ["c1ccccc1", "c1ccncc1", "C1CCCCC1", "c1ccsc1", "C1CCNCC1", "c1ccoc1", "C1CCOC1", "c1ccc2ccccc2c1"]
+SUBST = ["C", "O", "N", "CC", "Cl"]
+
+
+def _molecules():
+    """40 valid molecules on 8 scaffolds + 2 invalid SMILES, with two 0/1 labels."""
+    smiles = [f"{ring}{sub}" for ring in RINGS for sub in SUBST]
+    smiles += ["C1CC(", "not_a_smiles"]
+    return smiles
+
+
+def _write(path: Path, smiles, y1, y2, smiles_header="SMILES"):
+    lines = [f"mol_id,{smiles_header},name,act_a,act_b"]
+    for i, (s, a, b) in enumerate(zip(smiles, y1, y2)):
+        lines.append(f"M{i},{s},n{i},{a},{b}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _labels(n, seed):
+    rng = np.random.default_rng(seed)
+    a = [str(int(v)) for v in rng.integers(0, 2, n)]
+    b = [str(int(v)) if i % 5 else "" for i, v in enumerate(rng.integers(0, 2, n))]  # blanks
+    a[0], a[1], b[1], b[2] = "0", "1", "0", "1"  # both classes in every file
+    return a, b
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    smiles = _molecules()
+    parts = {"train": smiles[:30] + smiles[40:41], "valid": smiles[30:36] + smiles[41:], "test": smiles[36:40]}
+    d = tmp_path / "toy"
+    d.mkdir()
+    for k, (s, part) in enumerate(parts.items()):
+        _write(d / f"{s}.csv", part, *_labels(len(part), k))
+    return d
+
+
+def test_load_folder_auto_detects_smiles_labels_kind(folder):
+    task = load_task(folder)
+    assert task.name == "toy" and task.split_name == "provided"
+    assert task.smiles_column == "SMILES"
+    assert task.label_names == ["act_a", "act_b"] and task.label_source == "auto"  # mol_id/name excluded
+    assert task.kind == "classification"
+    assert task.sizes == {"train": 31, "valid": 7, "test": 4}
+    assert task.labels["train"].shape == (31, 2) and task.labels["train"].dtype == np.float64
+    assert np.isnan(task.labels["train"][0, 1])  # blank -> NaN
+    # invalid SMILES are kept in place and counted
+    assert task.n_invalid_smiles == {"train": 1, "valid": 1, "test": 0}
+    assert task.smiles["train"][-1] == "C1CC(" and not task.smiles_ok["train"][-1]
+
+
+def test_load_three_files_and_given_label(folder):
+    files = [folder / f"{s}.csv" for s in ("train", "valid", "test")]
+    task = load_task(files, label_columns="act_b", name="toy3")
+    assert task.name == "toy3" and task.label_names == ["act_b"] and task.label_source == "given"
+    assert task.labels["test"].shape == (4, 1)
+
+
+def test_one_file_scaffold_split(tmp_path):
+    smiles = _molecules()
+    a, b = _labels(len(smiles), 7)
+    _write(tmp_path / "lib.csv", smiles, a, b, smiles_header="canonical_smiles")
+    task = load_task(tmp_path / "lib.csv", fractions=(0.6, 0.2, 0.2))
+    assert task.split_name == "scaffold" and task.name == "lib"
+    assert sum(task.sizes.values()) == len(smiles)
+    assert sum(task.n_invalid_smiles.values()) == 2
+    train = {k for k in scaffold_keys(task.smiles["train"]) if k is not None}
+    test = {k for k in scaffold_keys(task.smiles["test"]) if k is not None}
+    assert not train & test and task.scaffold_overlap() == 0
+    # labels travel with their SMILES
+    row = {s: (x, y) for s, x, y in zip(smiles, a, b)}
+    s0 = task.smiles["test"][0]
+    assert task.labels["test"][0, 0] == float(row[s0][0])
+    rnd = load_task(tmp_path / "lib.csv", split="random", seed=3)
+    assert rnd.split_name == "random" and sum(rnd.sizes.values()) == len(smiles)
+
+
+def test_regression_detected_and_folder_resplit(folder, tmp_path):
+    lines = ["smiles,logS"] + [f"{s},{-0.5 * i:.2f}" for i, s in enumerate(_molecules()[:40])]
+    (tmp_path / "sol.csv").write_text("\n".join(lines) + "\n")
+    task = load_task(tmp_path / "sol.csv")
+    assert task.kind == "regression" and task.label_names == ["logS"]
+    resplit = load_task(folder, split="scaffold")
+    assert resplit.split_name == "scaffold" and sum(resplit.sizes.values()) == 42
+
+
+def test_clear_errors(folder, tmp_path):
+    (folder / "test.csv").rename(folder / "other.csv")
+    with pytest.raises(FileNotFoundError, match=r"test\.csv"):
+        load_task(folder)
+    (folder / "other.csv").rename(folder / "test.csv")
+    with pytest.raises(TaskError, match=r"train\.csv.*label column 'nope' not found"):
+        load_task(folder, label_columns=["act_a", "nope"])
+    with pytest.raises(TaskError, match=r"SMILES column 'smi' not found"):
+        load_task(folder, smiles_column="smi")
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        load_task(tmp_path / "missing.csv")
+
+    (tmp_path / "nosmiles.csv").write_text("structure,y\nCCO,1\nCCN,0\n")
+    with pytest.raises(TaskError, match=r"nosmiles\.csv: no SMILES column"):
+        load_task(tmp_path / "nosmiles.csv")
+    (tmp_path / "nolabels.csv").write_text("smiles,id,comment\nCCO,1,a\nCCN,2,b\n")
+    with pytest.raises(TaskError, match=r"nolabels\.csv: no label columns"):
+        load_task(tmp_path / "nolabels.csv")
+    (tmp_path / "oneclass.csv").write_text("smiles,y\n" + "".join(f"{s},1\n" for s in _molecules()[:20]))
+    with pytest.raises(TaskError, match=r"oneclass\.csv.*'y' has only class 1"):
+        load_task(tmp_path / "oneclass.csv")
+    (tmp_path / "mixed.csv").write_text("smiles,active,mw\nCCO,1,46.1\nCCN,0,45.1\n")
+    with pytest.raises(TaskError, match=r"0/1 columns \['active'\] and continuous columns \['mw'\]"):
+        load_task(tmp_path / "mixed.csv")
+    (tmp_path / "text.csv").write_text("smiles,y\nCCO,1\nCCN,high\n")
+    with pytest.raises(TaskError, match=r"text\.csv: label column 'y' has non-numeric value 'high'"):
+        load_task(tmp_path / "text.csv", label_columns="y")
+    with pytest.raises(TaskError, match="values other than 0/1"):
+        load_task(tmp_path / "mixed.csv", label_columns=["mw"], kind="classification")
+
+
+@pytest.mark.skipif(not (DATA / "bace").is_dir(), reason="shared MoleculeNet data not present")
+def test_real_moleculenet_folders():
+    bace = load_task(DATA / "bace")  # 590 descriptor columns beside the label
+    assert bace.label_names == ["Class"] and bace.kind == "classification"
+    assert bace.sizes == {"train": 1209, "valid": 151, "test": 152}
+    bbbp = load_task(DATA / "bbbp")
+    assert bbbp.label_names == ["p_np"]
+    assert sum(bbbp.n_invalid_smiles.values()) > 0  # real unparsable SMILES are kept and counted
+    assert bbbp.sizes == {"train": 1639, "valid": 205, "test": 194}
+    tox21 = load_task(DATA / "tox21")  # auto: 12 task columns, mol_id excluded, blanks missing
+    assert tox21.n_tasks == 12 and np.isnan(tox21.labels["train"]).any()
+    esol = load_task(DATA / "esol")
+    assert esol.kind == "regression" and esol.label_names == ["measured log solubility in mols per litre"]
