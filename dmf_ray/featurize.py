@@ -256,6 +256,10 @@ def _known_ids(store: EmbeddingStore, name: str) -> np.ndarray:
 def _pool_size(encoder: Encoder, cpus: float, gpus: float) -> tuple[int, int]:
     if encoder.num_gpus > 0 and gpus > 0:
         return 1, max(1, int(gpus // encoder.num_gpus))
+    if encoder.num_gpus > 0:
+        # A GPU model on a CPU-only cluster: each actor holds a full model copy, and one
+        # model already uses several cores through torch's threads.
+        return 1, max(1, int(cpus // 4))
     return 1, max(1, int(cpus))
 
 
