@@ -26,7 +26,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dmf_ray.inputs import InputError
     from dmf_ray.store import StoreError
 
-    return (CliError, InputError, StoreError, UnknownEncoderError, FileNotFoundError, NotADirectoryError, ValueError)
+    from dmf_ray.train import TrainingError
+
+    return (CliError, InputError, StoreError, UnknownEncoderError, TrainingError, FileNotFoundError, NotADirectoryError, ValueError)
 
 
 def _encoder_list(text: str) -> list[str]:
@@ -89,6 +91,20 @@ def _print_store_info(uri: str, as_json: bool) -> None:
         )
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from dmf_ray.runtime import ensure_ray
+    from dmf_ray.train import config_from_args, train
+
+    from dmf_ray.store import EmbeddingStore
+
+    config = config_from_args(args)  # validates every field before Ray starts
+    EmbeddingStore.open(config.store)
+    ensure_ray(args.num_cpus)
+    result = train(config, log=_log)
+    _log(f"model: {result.model_dir} (epochs {result.epochs_run}/{result.epochs_total}; metrics in {result.metrics_file})")
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from dmf_ray.artifact import read_model_config
     from dmf_ray.embed import embed
@@ -113,19 +129,34 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    """featurize -> train a few epochs -> embed, on RDKit's bundled molecules, offline."""
+    from dmf_ray.embed import embed
     from dmf_ray.encoders import DEFAULT_ENCODERS
     from dmf_ray.featurize import featurize
     from dmf_ray.runtime import ensure_ray
+    from dmf_ray.train import TrainConfig, train
 
     sample = _rdkit_sample_file()
     if not os.path.exists(sample):
         raise CliError(f"RDKit's sample file is missing: {sample}")
-    store = os.path.join(args.out, "store")
-    _log(f"quickstart: featurizing {sample} (shipped with RDKit) with {', '.join(DEFAULT_ENCODERS)} into {store}")
+    store, model, fused = (os.path.join(args.out, name) for name in ("store", "model", "fused.parquet"))
     ensure_ray(args.num_cpus)
+
+    _log(f"[1/3] featurize {sample} (shipped with RDKit) with {', '.join(DEFAULT_ENCODERS)} -> {store}")
     result = featurize([sample], store, DEFAULT_ENCODERS, log=_log)
-    _log(f"featurized {result.rows_read:,} rows in {result.seconds:.1f} s")
+    _log(f"      {result.rows_read:,} new rows in {result.seconds:.1f} s")
     _print_store_info(store, as_json=False)
+
+    _log(f"[2/3] train the fusion model for {args.epochs} epochs with Ray Train -> {model}")
+    trained = train(TrainConfig(store=store, out=model, epochs=args.epochs, workers=1, latent_dim=128), log=_log)
+    _log(f"      epochs {trained.epochs_run}/{trained.epochs_total}; per-epoch metrics in {trained.metrics_file}")
+
+    _log(f"[3/3] embed the library with the trained model -> {fused}")
+    embedded = embed(model, fused, inputs=[sample], log=_log)
+    _log(
+        f"done: {embedded.rows - embedded.failed:,} fused vectors ({embedded.failed} failed rows) in {fused}. "
+        f"Next: dmf serve --model {model}"
+    )
     return 0
 
 
@@ -145,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     def ray_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (ignored with RAY_ADDRESS)")
 
-    p = sub.add_parser("quickstart", help="featurize RDKit's bundled 5k molecules into a local store, offline")
+    p = sub.add_parser("quickstart", help="featurize -> train -> embed RDKit's bundled 5k molecules, offline")
     p.add_argument("--out", default="dmf-quickstart", help="output folder (default: ./dmf-quickstart)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     ray_options(p)
     p.set_defaults(func=cmd_quickstart)
 
@@ -162,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-rows", type=int, default=None, help="input rows per shard, fixed when a store is created (default 20000)")
     ray_options(p)
     p.set_defaults(func=cmd_featurize)
+
+    from dmf_ray.train import add_train_arguments
+
+    p = sub.add_parser("train", help="train the fusion model on a store with Ray Train (DDP, progressive masking)")
+    add_train_arguments(p)
+    ray_options(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("embed", help="fused embeddings for a library (input files or a store) with a trained model")
     p.add_argument("inputs", nargs="*", help="input files or folders (as for featurize); or use --store")
