@@ -128,6 +128,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dmf_ray.serve import run_server
+
+    run_server(args.model, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """featurize -> train a few epochs -> embed, on RDKit's bundled molecules, offline."""
     from dmf_ray.embed import embed
@@ -212,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column")
     ray_options(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("serve", help="serve a trained model over HTTP with Ray Serve (blocking; Ctrl-C stops)")
+    p.add_argument("--model", required=True, help="model directory written by dmf train")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("store", help="inspect a store")
     store_sub = p.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")

@@ -9,6 +9,7 @@ trained on; encoders are rebuilt from it, never guessed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from dmf_ray.artifact import load_fusion_model
-from dmf_ray.encoders import Encoder, encoder_from_spec
+from dmf_ray.encoders import EncodedBatch, Encoder, encoder_from_spec
 from dmf_ray.model import DynamicFusion
 from dmf_ray.molecules import InvalidSmilesError, Molecule, parse_smiles
 
@@ -72,6 +73,78 @@ def fuse_arrays(
     return FusedBatch(fused, attention, gates, recon)
 
 
+def parse_inputs(smiles: Sequence[str]) -> tuple[list[dict[str, Any]], list[Molecule], list[int]]:
+    """Parse every input: (one result slot per input, holding the error for each bad one; the
+    molecules; the input position of each molecule)."""
+    results: list[dict[str, Any]] = [{} for _ in smiles]
+    molecules, where = [], []
+    for i, text in enumerate(smiles):
+        try:
+            molecules.append(parse_smiles(text))
+            where.append(i)
+        except InvalidSmilesError as exc:
+            results[i] = {"input": text, "error": str(exc)}
+    return results, molecules, where
+
+
+def merge_encoded(
+    modalities: Sequence[str], dims: Sequence[int], n: int, batches: Mapping[str, EncodedBatch]
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[list[str]]]:
+    """Encoder outputs ({modality: EncodedBatch} for n molecules) as fuse_arrays wants them: raw
+    float32 arrays in model order, the presence mask and per-molecule encoder errors. A modality
+    missing from ``batches`` is absent for every molecule."""
+    values = {m: np.zeros((n, d), np.float32) for m, d in zip(modalities, dims)}
+    present = np.zeros((n, len(modalities)), dtype=bool)
+    errors: list[list[str]] = [[] for _ in range(n)]
+    for j, name in enumerate(modalities):
+        batch = batches.get(name)
+        if batch is None:
+            continue
+        values[name] = batch.values.astype(np.float32)
+        for i, err in enumerate(batch.errors):
+            if err is None:
+                present[i, j] = True
+            else:
+                errors[i].append(err)
+    return values, present, errors
+
+
+def fill_results(
+    results: list[dict[str, Any]],
+    inputs: Sequence[str],
+    where: Sequence[int],
+    molecules: Sequence[Molecule],
+    modalities: Sequence[str],
+    present: np.ndarray,
+    errors: Sequence[Sequence[str]],
+    fused: FusedBatch,
+) -> list[dict[str, Any]]:
+    """Fill the result slot of each parsed molecule (``where[k]`` is the input position of
+    ``molecules[k]``, row k of ``present``/``fused``); gates and reconstructions are added when
+    ``fused`` carries them. A molecule with no modality present gets an error naming why."""
+    for k, (i, molecule) in enumerate(zip(where, molecules)):
+        if not present[k].any():
+            reason = "; ".join(errors[k]) or "no modality available"
+            results[i] = {"input": inputs[i], "mol_id": molecule.mol_id, "smiles": molecule.smiles, "error": f"no modality could be computed: {reason}"}
+            continue
+        used = [m for j, m in enumerate(modalities) if present[k, j]]
+        item: dict[str, Any] = {
+            "input": inputs[i],
+            "mol_id": molecule.mol_id,
+            "smiles": molecule.smiles,
+            "embedding": fused.fused[k],
+            "attention": {m: float(fused.attention[k, j]) for j, m in enumerate(modalities)},
+            "modalities": used,
+            "error": None,
+        }
+        if fused.gates is not None:
+            item["gates"] = {m: fused.gates[j][k] for j, m in enumerate(modalities) if present[k, j]}
+        if fused.reconstructions is not None:
+            item["reconstructions"] = {m: fused.reconstructions[j][k] for j, m in enumerate(modalities)}
+        results[i] = item
+    return results
+
+
 class FusionEmbedder:
     """A loaded model plus the encoders it was trained on."""
 
@@ -87,21 +160,8 @@ class FusionEmbedder:
 
     def encode(self, molecules: list[Molecule], modalities: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, list[list[str]]]:
         """Raw modality arrays, the presence mask and per-molecule encoder errors."""
-        n = len(molecules)
-        values = {m: np.zeros((n, d), np.float32) for m, d in zip(self.modalities, self.model.config.dims)}
-        present = np.zeros((n, len(self.modalities)), dtype=bool)
-        errors: list[list[str]] = [[] for _ in range(n)]
-        for j, name in enumerate(self.modalities):
-            if name not in modalities or not n:
-                continue
-            batch = self.encoders[name].encode(molecules)
-            values[name] = batch.values.astype(np.float32)
-            for i, err in enumerate(batch.errors):
-                if err is None:
-                    present[i, j] = True
-                else:
-                    errors[i].append(err)
-        return values, present, errors
+        batches = {m: self.encoders[m].encode(molecules) for m in self.modalities if m in modalities and molecules}
+        return merge_encoded(self.modalities, self.model.config.dims, len(molecules), batches)
 
     def embed_smiles(
         self,
@@ -114,34 +174,7 @@ class FusionEmbedder:
         """One result dict per input, in order. A bad input gets ``{"input", "error"}`` and
         never fails the others."""
         use = choose_modalities(self.modalities, modalities, drop)
-        results: list[dict[str, Any]] = [{} for _ in smiles]
-        molecules, where = [], []
-        for i, text in enumerate(smiles):
-            try:
-                molecules.append(parse_smiles(text))
-                where.append(i)
-            except InvalidSmilesError as exc:
-                results[i] = {"input": text, "error": str(exc)}
+        results, molecules, where = parse_inputs(smiles)
         values, present, errors = self.encode(molecules, use)
         fused = fuse_arrays(self.model, values, present, with_gates, with_reconstructions)
-        for k, (i, molecule) in enumerate(zip(where, molecules)):
-            if not present[k].any():
-                reason = "; ".join(errors[k]) or "no modality available"
-                results[i] = {"input": smiles[i], "mol_id": molecule.mol_id, "smiles": molecule.smiles, "error": f"no modality could be computed: {reason}"}
-                continue
-            used = [m for j, m in enumerate(self.modalities) if present[k, j]]
-            item: dict[str, Any] = {
-                "input": smiles[i],
-                "mol_id": molecule.mol_id,
-                "smiles": molecule.smiles,
-                "embedding": fused.fused[k],
-                "attention": {m: float(fused.attention[k, j]) for j, m in enumerate(self.modalities)},
-                "modalities": used,
-                "error": None,
-            }
-            if with_gates:
-                item["gates"] = {m: fused.gates[j][k] for j, m in enumerate(self.modalities) if present[k, j]}
-            if with_reconstructions:
-                item["reconstructions"] = {m: fused.reconstructions[j][k] for j, m in enumerate(self.modalities)}
-            results[i] = item
-        return results
+        return fill_results(results, smiles, where, molecules, self.modalities, present, errors, fused)
