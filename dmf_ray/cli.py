@@ -135,6 +135,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dmf_ray.evaluate import config_from_args, evaluate
+
+    result = evaluate(config_from_args(args), log=_log)  # no Ray: forests and a process pool
+    _log(f"report: {os.path.join(result.out, 'report.md')} ({result.seconds:.0f} s)")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """featurize -> train a few epochs -> embed, on RDKit's bundled molecules, offline."""
     from dmf_ray.embed import embed
@@ -219,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column")
     ray_options(p)
     p.set_defaults(func=cmd_embed)
+
+    from dmf_ray.evaluate import add_arguments as add_evaluate_arguments
+
+    p = sub.add_parser("evaluate", help="downstream benchmark of a model: Table 1, robustness, reconstruction, attention")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="serve a trained model over HTTP with Ray Serve (blocking; Ctrl-C stops)")
     p.add_argument("--model", required=True, help="model directory written by dmf train")

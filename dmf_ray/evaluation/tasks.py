@@ -285,7 +285,10 @@ def load_task(
     first = paths[0]
     smiles_col = smiles_column or _find_smiles_column(list(tables[first].columns), first)
     if labels_given is None:
-        label_names, label_source = _auto_labels(tables[first], smiles_col, first, task_name)
+        # Known labels are looked up by the given name, else by the folder/file name, so a task
+        # renamed in the report (``--task mybace=.../bace``, ``bace-scaffold``) keeps them.
+        known_as = task_name if task_name.lower() in KNOWN_LABELS else default_name
+        label_names, label_source = _auto_labels(tables[first], smiles_col, first, known_as)
     else:
         label_names, label_source = labels_given, "given"
     for p, df in tables.items():
