@@ -1,0 +1,80 @@
+"""dmf_ray.train without Ray: the validation split and the normalisation statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmf_ray.molecules import parse_smiles
+from dmf_ray.train import Moments, batch_moments, scale_of, split_unit, validation_mask
+
+
+def _ids(n: int) -> list[str]:
+    return [f"mol-{i:06d}" for i in range(n)]
+
+
+def test_split_is_a_pure_function_of_the_id():
+    ids = _ids(2000)
+    mask = validation_mask(ids, 0.1)
+    # Same answer in another order, in another call, and one id at a time.
+    order = np.random.default_rng(0).permutation(len(ids))
+    assert np.array_equal(validation_mask([ids[i] for i in order], 0.1), mask[order])
+    assert np.array_equal(validation_mask(ids, 0.1), mask)
+    assert [split_unit(i) < 0.1 for i in ids[:50]] == list(mask[:50])
+
+
+def test_split_value_is_pinned():
+    # A change of the hash would silently move molecules between training and validation, and a
+    # resumed or retrained model would be validated on molecules it was trained on.
+    assert split_unit("abc") == 0.5495305145553908
+    assert split_unit("mol-000000") == 0.34803697842740305
+
+
+def test_split_takes_about_the_fraction_and_grows_monotonically():
+    ids = _ids(20000)
+    for fraction in (0.02, 0.05, 0.2):
+        share = validation_mask(ids, fraction).mean()
+        assert abs(share - fraction) < 4 * np.sqrt(fraction * (1 - fraction) / len(ids)), (fraction, share)
+    # Raising the fraction only adds molecules to validation, never moves one back to training.
+    small, large = validation_mask(ids, 0.05), validation_mask(ids, 0.1)
+    assert not (small & ~large).any()
+
+
+def test_split_uses_real_molecule_ids():
+    ids = [parse_smiles(s).mol_id for s in ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "OCCO"]]
+    assert validation_mask(ids, 0.5).dtype == bool
+    assert validation_mask(ids, 1e-12).sum() == 0
+
+
+def test_moments_merge_equals_numpy_on_the_whole():
+    rng = np.random.default_rng(1)
+    x = rng.normal(300.0, 25.0, size=(1000, 4))  # a large mean: the naive sum-of-squares loses digits
+    parts = [x[:1], x[1:400], x[400:401], x[401:]]
+    merged = Moments.empty(4)
+    for part in reversed(parts):
+        merged = merged.merge(Moments.of(part))
+    assert merged.count == 1000
+    np.testing.assert_allclose(merged.mean, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(merged.std, x.std(0), rtol=1e-10)
+    assert Moments.of(np.zeros((0, 4))).count == 0
+    assert merged.merge(Moments.empty(4)) is merged
+
+
+def test_batch_moments_use_present_rows_only():
+    values = {
+        "a": np.array([[1.0, 10.0], [3.0, 10.0], [999.0, -5.0]], dtype=np.float32),
+        "b": np.array([[0], [4], [0]], dtype=np.uint8),
+    }
+    present = np.array([[True, False], [True, True], [False, False]])
+    m = batch_moments(values, present, ["a", "b"])
+    assert m["a"].count == 2 and m["b"].count == 1
+    np.testing.assert_allclose(m["a"].mean, [2.0, 10.0])
+    np.testing.assert_allclose(m["a"].std, [1.0, 0.0])
+    np.testing.assert_allclose(m["b"].mean, [4.0])
+
+
+def test_a_constant_feature_is_scaled_by_one():
+    m = Moments.of(np.array([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0]]))
+    np.testing.assert_allclose(scale_of(m), [1.0, 1.0, 1.0])
+    m = Moments.of(np.array([[0.0, 2.0], [4.0, 2.0]]))
+    np.testing.assert_allclose(scale_of(m), [2.0, 1.0])

@@ -1,0 +1,131 @@
+"""dmf_ray.train without Ray: one training step, validation sums, config and arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dmf_ray.model import DynamicFusion, FusionConfig
+from dmf_ray.train import (
+    TrainConfig,
+    add_train_arguments,
+    config_from_args,
+    format_metrics,
+    read_metrics_file,
+    train_step,
+    validation_sums,
+    write_metrics_file,
+)
+
+DIMS = [6, 8, 5]
+NAMES = ["a", "b", "c"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def correlated_data(n: int, seed: int = 0):
+    """Three modalities that are noisy linear views of one 3-d factor, partially paired."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3, generator=g)
+    inputs = [z @ torch.randn(3, d, generator=g) + 0.05 * torch.randn(n, d, generator=g) for d in DIMS]
+    present = torch.rand(n, len(DIMS), generator=g) < 0.8
+    present[~present.any(1), 0] = True
+    return inputs, present
+
+
+def tiny_model() -> DynamicFusion:
+    torch.manual_seed(0)
+    return DynamicFusion(FusionConfig(modalities=NAMES, dims=DIMS, latent_dim=8, gate_hidden=8,
+                                      attention_hidden=8, decoder_hidden=16, dropout=0.0))
+
+
+def test_train_step_lowers_the_loss():
+    inputs, present = correlated_data(256)
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = validation_sums(model, inputs, present)
+    generator = torch.Generator().manual_seed(1)
+    first, last = [], []
+    for epoch in range(30):
+        for start in range(0, 256, 64):
+            batch = [x[start:start + 64] for x in inputs]
+            losses, masked = train_step(model, optimizer, batch, present[start:start + 64], 0.5, generator, grad_clip=1.0)
+            assert not (masked & ~present[start:start + 64]).any()  # only present modalities are hidden
+            assert set(losses) >= {"total", "reconstruction"} and not losses["total"].requires_grad
+            (first if epoch == 0 else last).append(float(losses["total"]))
+    assert np.mean(last[-8:]) < 0.5 * np.mean(first)
+    after = validation_sums(model, inputs, present)
+    assert float(after["loss"] / after["loss_n"]) < float(before["loss"] / before["loss_n"])
+    cos_after = after["cos"] / after["cos_n"]
+    assert (cos_after > before["cos"] / before["cos_n"]).all() and (cos_after > 0.8).all()
+    assert model.training  # validation_sums restores the mode
+
+
+def test_validation_sums_count_the_right_rows():
+    inputs, _ = correlated_data(5)
+    present = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    sums = validation_sums(tiny_model().eval(), inputs, present)
+    # modality m is hidden only where it is present and something else is.
+    assert sums["cos_n"].tolist() == [2.0, 3.0, 2.0]
+    assert float(sums["loss_n"]) == 7.0
+    assert float(sums["rows"]) == 5.0
+    assert float(sums["attention"].sum()) == pytest.approx(5.0)  # attention sums to 1 per row
+    assert not tiny_model().eval()(inputs, present).fused.isnan().any()
+
+
+def test_config_gathers_every_problem():
+    with pytest.raises(ValueError) as info:
+        TrainConfig(store="", out="o", epochs=0, val_fraction=1.5, mask_kind="zigzag", workers=-1, lr=0)
+    message = str(info.value)
+    for fragment in ("store must be", "epochs must be", "val_fraction must be", "mask_kind must be",
+                     "workers must be", "lr must be"):
+        assert fragment in message
+    with pytest.raises(ValueError, match="global batch"):
+        TrainConfig(store="s", out="o", workers=4, batch_size=2)
+    with pytest.raises(ValueError, match="listed twice"):
+        TrainConfig(store="s", out="o", modalities=["a", "a"])
+    config = TrainConfig(store="s", out="o", modalities=("b", "a"), _fail_at_epoch=2)
+    assert config.modalities == ["b", "a"]
+    assert "_fail_at_epoch" not in config.public_dict()
+    json.dumps(config.public_dict())  # recorded in the model card: strict JSON
+    fusion = config.fusion_config(["x", "y"], [3, 4])
+    assert fusion.latent_dim == config.latent_dim and fusion.align_weight == config.align_weight
+
+
+def test_command_line_arguments_build_the_config():
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--store", "st", "--out", "m", "--modalities", "ecfp, maccs", "--epochs", "3",
+                              "--workers", "1", "--gpu", "--latent-dim", "64", "--batch-size", "32",
+                              "--mask-kind", "cosine", "--overwrite", "--cpus-per-worker", "0.5"])
+    config = config_from_args(args)
+    assert config.modalities == ["ecfp", "maccs"]
+    assert (config.epochs, config.workers, config.use_gpu, config.latent_dim, config.batch_size) == (3, 1, True, 64, 32)
+    assert config.mask_kind == "cosine" and config.fresh and config.cpus_per_worker == 0.5
+    defaults = config_from_args(parser.parse_args(["--store", "st", "--out", "m"]))
+    assert defaults == TrainConfig(store="st", out="m")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--store", "st", "--out", "m", "--mask-kind", "zigzag"])
+
+
+def test_metrics_file_round_trip_and_progress_line(tmp_path):
+    rows = [{"epoch": 1, "epochs": 2, "train/total": 1.0, "train/reconstruction": 0.9, "val/loss": None,
+             "val/cos/a": 0.5, "attention/a": 1.0, "mask_p": 0.1, "mask_rate": 0.05, "samples_per_s": 1234.0,
+             "epoch_time_s": 2.0}]
+    path = tmp_path / "sub" / "metrics.jsonl"
+    write_metrics_file(path, rows)
+    write_metrics_file(path, rows)  # rewritten, not appended
+    assert read_metrics_file(path) == rows
+    assert read_metrics_file(tmp_path / "missing.jsonl") == []
+    line = format_metrics(rows[0], ["a"])
+    assert "epoch 1/2" in line and "val loss n/a" in line and "1,234 samples/s" in line
