@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import sys
 
-from dmf_ray.cli import main
+from dmf_ray import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Same arguments as `dmf evaluate` (no Ray needed: a process pool on this node)."""
+    return cli.main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(main())

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import sys
 
-from dmf_ray.cli import main
+from dmf_ray import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Same arguments as `dmf train`; inside a job, Ray attaches to the cluster it runs on."""
+    return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
+
 
 if __name__ == "__main__":
-    # Inside a job, Ray attaches to the cluster it runs on (RAY_ADDRESS).
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main())
