@@ -143,7 +143,7 @@ def sample_library(tmp_path: Path, n: int) -> Path:
     return path
 
 
-def test_featurize_job_through_ray_job_submit(head, tmp_path):
+def test_featurize_and_train_jobs_through_ray_job_submit(head, tmp_path):
     lib = sample_library(tmp_path, 600)
     store = tmp_path / "store"
     result = head.submit("dmf-featurize-e2e", "python", "jobs/featurize.py", str(lib), "--store", str(store), "--encoders", "ecfp,maccs")
@@ -152,6 +152,21 @@ def test_featurize_job_through_ray_job_submit(head, tmp_path):
     info = EmbeddingStore.open(str(store)).info()
     assert info["inputs"] == 600 == info["stored_rows"] + info["failed"]
     assert info["modalities"]["ecfp"]["count"] == info["molecules"] > 500
+    # Train on that store through a job too, then load the model it wrote.
+    model = tmp_path / "model"
+    result = head.submit(
+        "dmf-train-e2e", "python", "jobs/train.py", "--store", str(store), "--out", str(model),
+        "--epochs", "2", "--workers", "1", "--latent-dim", "32", "--batch-size", "128",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from dmf_ray.inference import FusionEmbedder
+
+    embedder = FusionEmbedder(str(model))
+    assert embedder.modalities == ["ecfp", "maccs"]
+    assert len(embedder.card["metrics"]) and (model / "metrics.jsonl").read_text().count("\n") == 2
+    (item,) = embedder.embed_smiles(["CCO"])
+    assert item["error"] is None and len(item["embedding"]) == 32
+
     # The same id is refused by the job server: submission ids are unique.
     again = head.submit("dmf-featurize-e2e", "python", "jobs/featurize.py", "--help")
     assert again.returncode != 0
