@@ -183,3 +183,14 @@ def read_chunks(file: InputFile, chunk_rows: int, skip: set[str] = frozenset()) 
             chunk = RawChunk(file.chunk_key(index), file.uri, [], [], [])
     if chunk.rows and chunk.shard not in skip:
         yield chunk
+
+
+def head_smiles(uri: str, n: int, smiles_column: str | None = None) -> list[str]:
+    """The first ``n`` non-empty SMILES of one input file (for benchmarks and examples)."""
+    (file,) = discover_inputs([uri], smiles_column)
+    out: list[str] = []
+    for chunk in read_chunks(file, chunk_rows=max(1, n)):
+        out.extend(s for s in chunk.smiles if s)
+        if len(out) >= n:
+            break
+    return out[:n]

@@ -25,7 +25,6 @@ actually executed, and the useful ones on real tokens) against the card's dense 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -53,18 +52,9 @@ PEAK_TFLOPS = {
 
 
 def read_smiles(source: Path, n: int) -> list[str]:
-    opener = gzip.open if source.suffix == ".gz" else open
-    out = []
-    with opener(source, "rt") as f:
-        for i, line in enumerate(f):
-            token = line.split(",")[0].split()[0] if line.strip() else ""
-            if i == 0 and token.lower() == "smiles":
-                continue
-            if token:
-                out.append(token)
-            if len(out) == n:
-                break
-    return out
+    from dmf_ray.inputs import head_smiles
+
+    return head_smiles(str(source), n)
 
 
 def peak_tflops(device_name: str, precision: str) -> float | None:

@@ -11,7 +11,6 @@ and the peak memory (PSS) of the driver plus the local Ray it started.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -26,18 +25,9 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 
 
 def read_smiles(source: Path, n: int) -> list[str]:
-    opener = gzip.open if source.suffix == ".gz" else open
-    out = []
-    with opener(source, "rt") as f:
-        for i, line in enumerate(f):
-            token = line.split(",")[0].split()[0] if line.strip() else ""
-            if i == 0 and token.lower() == "smiles":
-                continue
-            if token:
-                out.append(token)
-            if len(out) == n:
-                break
-    return out
+    from dmf_ray.inputs import head_smiles
+
+    return head_smiles(str(source), n)
 
 
 def plain_loop_rate(smiles: list[str]) -> float:

@@ -266,7 +266,7 @@ def main(argv=None) -> int:
         f"Machine: {machine()}. Model: `{model_dir}` ({', '.join(model['modalities'])}, fused dim "
         f"{model['latent_dim']}), trained on {model['training_corpus']}"
         + (f", {model['training'].get('epochs')} epochs" if model["training"].get("epochs") is not None else "") + ".",
-        f"Time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()) + "; per task: "
+        "Time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()) + "; per task: "
         + ", ".join(f"{n} {sum(i['seconds'].values()):.0f} s" for n, i in result.details["tasks"].items()) + ".",
         f"Downstream: {result.summary['protocol']['downstream']}, {args.seeds} seed(s). Full report: "
         f"`{work / 'report' / 'report.md'}`.", "",
