@@ -134,13 +134,13 @@ def _failures_as_rows(batch: pa.Table, modalities: list[str], latent_dim: int) -
 
 
 def _check_store_matches_model(store, card: dict[str, Any], needed: list[str]) -> None:
-    from dmf_ray.store import _identity
+    from dmf_ray.store import encoder_identity
 
     problems = []
     for name in needed:
         if name not in store.modalities:
             problems.append(f"the store has no modality {name!r} (drop it with --drop-modalities {name})")
-        elif _identity(store.modalities[name]) != _identity(card["modalities"][name]):
+        elif encoder_identity(store.modalities[name]) != encoder_identity(card["modalities"][name]):
             problems.append(f"modality {name!r} was stored with a different encoder than the model was trained on")
     if problems:
         raise ValueError(f"{store.uri}: " + "; ".join(problems))
@@ -188,13 +188,13 @@ def embed(
         store = EmbeddingStore.open(store_uri)
         _check_store_matches_model(store, card, use)
         paired = store.read_dataset(use)
-        molecules = ray.data.read_parquet(store._table_files("molecules"), filesystem=store.fs).select_columns(["mol_id", "smiles", "source", "row"])
+        molecules = ray.data.read_parquet(store.committed_files("molecules"), filesystem=store.fs).select_columns(["mol_id", "smiles", "source", "row"])
         joined = molecules.join(paired, join_type="left_outer", num_partitions=max(1, int(cpus)), on=("mol_id",))
         ds = joined.map_batches(
             FuseStoredStage, batch_size=batch_size, batch_format="numpy", compute=pool,
             num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
         )
-        failure_files = store._table_files("failures")
+        failure_files = store.committed_files("failures")
         if failure_files:
             failures = ray.data.read_parquet(failure_files, filesystem=store.fs)
             ds = ds.union(failures.map_batches(_failures_as_rows, batch_format="pyarrow", fn_kwargs={"modalities": modalities, "latent_dim": latent_dim}))

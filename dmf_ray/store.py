@@ -187,9 +187,9 @@ class EmbeddingStore:
         problems = []
         for name, spec in specs.items():
             old = self.modalities.get(name)
-            if old is not None and _identity(old) != _identity(spec):
+            if old is not None and encoder_identity(old) != encoder_identity(spec):
                 problems.append(
-                    f"modality {name!r} is stored with {_identity(old)} but this run asks for {_identity(spec)}"
+                    f"modality {name!r} is stored with {encoder_identity(old)} but this run asks for {encoder_identity(spec)}"
                 )
         if problems:
             raise StoreError(f"{self.uri}: " + "; ".join(problems))
@@ -229,7 +229,8 @@ class EmbeddingStore:
         done = self.committed_keys(modality_table(name))
         return [f for f in files if _shard_of(f) in done]
 
-    def _table_files(self, folder: str) -> list[str]:
+    def committed_files(self, folder: str) -> list[str]:
+        """Parquet files of ``molecules`` or ``failures`` whose shard is committed."""
         done = self.committed_keys(INPUTS_TABLE)
         return [f for f in fsutil.list_files(self.fs, self._path(folder), ".parquet") if _shard_of(f) in done]
 
@@ -255,10 +256,10 @@ class EmbeddingStore:
 
     def molecules_table(self, columns: list[str] | None = None) -> pa.Table:
         """One row per valid input row (a molecule read twice appears twice)."""
-        return self._read(self._table_files("molecules"), columns or MOLECULES_SCHEMA.names, MOLECULES_SCHEMA)
+        return self._read(self.committed_files("molecules"), columns or MOLECULES_SCHEMA.names, MOLECULES_SCHEMA)
 
     def failures_table(self) -> pa.Table:
-        return self._read(self._table_files("failures"), FAILURES_SCHEMA.names, FAILURES_SCHEMA)
+        return self._read(self.committed_files("failures"), FAILURES_SCHEMA.names, FAILURES_SCHEMA)
 
     def modality_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         self.require_modalities([name])
@@ -422,7 +423,8 @@ def _paired_batch(batch: pa.Table, dims: dict[str, int]) -> dict[str, np.ndarray
     return out
 
 
-def _identity(spec: dict[str, Any]) -> dict[str, Any]:
+def encoder_identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """What must match for two specs to give the same vectors (not the class path or resources)."""
     return {k: spec.get(k) for k in ("encoder", "args", "dim", "dtype", "version")}
 
 

@@ -45,7 +45,6 @@ class LocalHead:
         self.env.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
 
     def start(self) -> None:
-        min_worker, max_worker = free_port(), None
         subprocess.run(
             [
                 str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={self.port}",
