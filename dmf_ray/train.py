@@ -11,7 +11,9 @@ What happens, in order:
 2. per-modality mean/std over the PRESENT rows of the training split, merged from per-block
    moments (bounded memory), are set on the model: they travel in its state dict;
 3. a TorchTrainer runs ``_train_loop_per_worker`` on ``workers`` DDP ranks (gloo on CPU, nccl on
-   GPU); each step masks modalities with the progressive probability p(t) of MaskSchedule;
+   GPU); each rank streams its shard from Ray Data in its first epoch and, when the shard fits
+   ``worker_cache_mb``, keeps it in memory for the next ones; each step masks modalities with
+   the progressive probability p(t) of MaskSchedule;
 4. after every epoch, rank 0 writes a checkpoint (weights in safetensors, optimizer state,
    epoch, metrics history) and ``<out>/metrics.jsonl``; a dead worker makes Ray restart the
    group from the last checkpoint (FailureConfig), and rerunning the same call resumes an
@@ -139,7 +141,14 @@ class TrainConfig:
     )
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint"})
     shuffle_buffer: int | None = field(
-        default=None, metadata={"help": "rows in each worker's local shuffle buffer (default 4 batches; 0 = off)"}
+        default=None,
+        metadata={"help": "rows in each worker's local shuffle buffer while streaming from Ray Data "
+                          "(default 4 batches; 0 = off)"},
+    )
+    worker_cache_mb: float = field(
+        default=1024,
+        metadata={"help": "keep each worker's shard in memory after its first epoch when it takes at most "
+                          "this many MB, and shuffle it there (0 = stream every epoch from Ray Data)"},
     )
     data_loading: str = field(
         default="auto",
@@ -216,6 +225,8 @@ class TrainConfig:
                  f"torch_threads must be an int >= 1, got {self.torch_threads!r}")
         need(is_int(self.max_failures) and self.max_failures >= 0,
              f"max_failures must be an int >= 0, got {self.max_failures!r}")
+        need(is_real(self.worker_cache_mb) and self.worker_cache_mb >= 0,
+             f"worker_cache_mb must be a number >= 0, got {self.worker_cache_mb!r}")
         if self.shuffle_buffer is not None:
             need(is_int(self.shuffle_buffer) and self.shuffle_buffer >= 0,
                  f"shuffle_buffer must be an int >= 0, got {self.shuffle_buffer!r}")
@@ -246,7 +257,7 @@ class TrainConfig:
 # Settings that change the trained model; the others (workers, CPUs, paths...) only change how
 # it is computed, so a rerun that differs only in those may resume or reuse the result.
 _OPERATIONAL = {"out", "workers", "use_gpu", "cpus_per_worker", "torch_threads", "max_failures",
-                "data_loading", "storage_path", "fresh"}
+                "worker_cache_mb", "data_loading", "storage_path", "fresh"}
 
 
 @dataclass
@@ -470,6 +481,19 @@ def _all_reduce(flat: Tensor) -> Tensor:
     return flat
 
 
+def _replica_spread(model: torch.nn.Module) -> float:
+    """max - min over ranks of the sum of all weights: 0.0 while DDP keeps the replicas identical
+    (a misconfigured DDP, e.g. static_graph here, lets them drift apart without any error)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return 0.0
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    both = torch.stack([total, -total])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    return float(both[0] + both[1])
+
+
 def _save_checkpoint(directory: str, model: DynamicFusion, optimizer, state: dict) -> None:
     from safetensors.torch import save_file
 
@@ -522,6 +546,15 @@ def format_metrics(m: Mapping[str, Any], modalities: Sequence[str]) -> str:
         f"mask p {m['mask_p']:.2f} rate {m['mask_rate']:.2f}  {m['samples_per_s']:,.0f} samples/s  "
         f"{m['epoch_time_s']:.1f} s"
     )
+
+
+def _cached_batches(cached: Mapping[str, Tensor], batch_size: int, generator: torch.Generator):
+    """Batches of a shard held in memory, in a fresh random order (from the epoch's generator)."""
+    n = len(cached["present"])
+    order = torch.randperm(n, generator=generator).to(cached["present"].device)
+    for start in range(0, n, batch_size):
+        idx = order[start: start + batch_size]
+        yield {k: v[idx] for k, v in cached.items()}
 
 
 def _progress(line: str, local_mode: bool) -> None:
@@ -588,6 +621,7 @@ def _train_loop_per_worker(cfg: dict) -> dict:
         optimizer.load_state_dict(optimizer_state)
     model.train()
 
+    cached: dict[str, Tensor] | None = None  # this rank's shard, from the first epoch of this attempt
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     batch_args = {"device": device, "pin_memory": cfg["use_gpu"]}
@@ -601,7 +635,7 @@ def _train_loop_per_worker(cfg: dict) -> dict:
             time.sleep(5.0)
             os._exit(1)
 
-        # Per-epoch seeds, so a resumed epoch masks, drops out and shuffles as the lost one did.
+        # Per-epoch seeds: reproducible masks, dropout and order, whatever epoch a run resumes at.
         epoch_seed = cfg["seed"] * 1_000_003 + epoch * 1009 + rank
         torch.manual_seed(epoch_seed)
         generator = torch.Generator().manual_seed(epoch_seed)
@@ -610,10 +644,17 @@ def _train_loop_per_worker(cfg: dict) -> dict:
         terms = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)
         counts = torch.zeros(4, dtype=torch.float64, device=device)  # steps, samples, masked, present
         step_in_epoch, step_time = 0, 0.0
-        for batch in train_shard.iter_torch_batches(
-            batch_size=cfg["per_worker_batch"], local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
-            local_shuffle_seed=epoch_seed if cfg["shuffle_buffer"] else None, **batch_args,
-        ):
+        if cached is None:
+            # Stream the shard from Ray Data; keep a copy when it fits the cache budget.
+            keep: list[dict[str, Tensor]] | None = [] if cfg["cache_shard"] else None
+            batches: Iterable[dict[str, Tensor]] = train_shard.iter_torch_batches(
+                batch_size=cfg["per_worker_batch"], local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
+                local_shuffle_seed=epoch_seed if cfg["shuffle_buffer"] else None, **batch_args,
+            )
+        else:
+            keep = None
+            batches = _cached_batches(cached, cfg["per_worker_batch"], generator)
+        for batch in batches:
             step_started = time.perf_counter()
             present = batch["present"]
             p = schedule.probability((epoch + min(step_in_epoch / steps_per_epoch, 1.0)) / epochs)
@@ -625,6 +666,11 @@ def _train_loop_per_worker(cfg: dict) -> dict:
             ]).double()
             step_in_epoch += 1
             step_time += time.perf_counter() - step_started
+            if keep is not None:
+                keep.append({k: batch[k] for k in (*names, "present")})
+        if keep:
+            cached = {k: torch.cat([b[k] for b in keep]) for k in keep[0]}
+            del keep
         train_time = time.perf_counter() - started
 
         val_started = time.perf_counter()
@@ -671,6 +717,7 @@ def _train_loop_per_worker(cfg: dict) -> dict:
             # Rank 0's time outside its steps: waiting for batches from Ray Data (on GPU the
             # steps are asynchronous, so this is a lower bound there).
             data_wait_s=max(train_time - step_time, 0.0),
+            replica_spread=_replica_spread(core),
             lr=cfg["lr"],
         )
         state["history"].append(metrics)
@@ -912,7 +959,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     Starts a local Ray if none is connected. Raises ValueError naming the problem for a bad
     config, an unknown modality, an empty store or too few molecules to hold out a validation
     split, and TrainingError when Ray Train gives up (rerun the same call to resume)."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -981,6 +1027,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         "steps_per_epoch": steps_per_epoch,
         "per_worker_batch": per_worker_batch,
         "shuffle_buffer": config.shuffle_buffer if config.shuffle_buffer is not None else 4 * per_worker_batch,
+        "cache_shard": (n_train // world) * 4 * (sum(dims) + len(dims)) <= config.worker_cache_mb * 2**20,
         "lr": config.lr,
         "weight_decay": config.weight_decay,
         "grad_clip": config.grad_clip,

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             per_config[label] = {
                 "workers": workers, "threads_per_worker": threads, "n_train": result.n_train,
                 "samples_per_s_by_epoch": rates, "samples_per_s_after_first": sum(steady) / len(steady),
-                "data_wait_s_by_epoch": [h["data_wait_s"] for h in history],
+                "samples_per_s_best_after_first": max(steady), "data_wait_s_by_epoch": [h["data_wait_s"] for h in history],
                 "train_call_seconds": fit_seconds, "gpu_utilisation_mean_pct": sampler.mean,
             }
             print(f"ray train {workers} worker(s) x {threads} thread(s): samples/s by epoch "
@@ -224,18 +224,22 @@ def main(argv: list[str] | None = None) -> int:
             for threads in sorted({1, max(1, int(cpus))}, reverse=True):
                 rates = ray.get(remote.remote(store, config, threads, device))
                 steady = rates[1:] or rates
-                runs[threads] = {"samples_per_s_by_epoch": rates, "samples_per_s_after_first": sum(steady) / len(steady)}
+                runs[threads] = {"samples_per_s_by_epoch": rates, "samples_per_s_after_first": sum(steady) / len(steady),
+                                 "samples_per_s_best_after_first": max(steady)}
                 print(f"plain loop (1 process, {threads} thread(s), {device}): samples/s by epoch "
                       f"{', '.join(f'{r:,.0f}' for r in rates)}", flush=True)
             best = max(runs, key=lambda t: runs[t]["samples_per_s_after_first"])
             baseline = runs[best]["samples_per_s_after_first"]
             figures["plain_loop"] = {"device": device, "by_threads": runs, "best_threads": best}
+            best_epoch = max(r["samples_per_s_best_after_first"] for r in runs.values())
             figures["ratio_ray_over_plain"] = {}
             for label, fig in per_config.items():
                 ratio = fig["samples_per_s_after_first"] / baseline
-                figures["ratio_ray_over_plain"][label] = ratio
+                # Best epoch against best epoch: on a shared machine, the least disturbed estimate.
+                ratio_best = fig["samples_per_s_best_after_first"] / best_epoch
+                figures["ratio_ray_over_plain"][label] = {"mean": ratio, "best_epoch": ratio_best}
                 print(f"ratio Ray Train {label} / best plain loop ({best} thread(s)), epochs after the first: "
-                      f"{ratio:.2f} (target >= 0.8)")
+                      f"{ratio:.2f} mean, {ratio_best:.2f} best epoch against best epoch (target >= 0.8)")
 
         if not args.skip_embed and "featurize" in figures:
             try:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dmf_ray.artifact import read_model_config
 from dmf_ray.featurize import featurize
@@ -126,6 +125,7 @@ def test_two_worker_ddp_fit_writes_a_loadable_model(store, tmp_path):
                 *[f"val/cos/{n}" for n in NAMES], *[f"attention/{n}" for n in NAMES]]:
         assert isinstance(last[key], float), key
     assert sum(last[f"attention/{n}"] for n in NAMES) == pytest.approx(1.0, abs=1e-6)
+    assert all(h["replica_spread"] == 0.0 for h in history)  # DDP kept both replicas identical
     assert last["train_samples"] == result.n_train - result.n_train % 2  # equal split over 2 ranks
     assert result.metrics == last
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from dmf_ray.molecules import parse_smiles
 from dmf_ray.train import Moments, batch_moments, scale_of, split_unit, validation_mask

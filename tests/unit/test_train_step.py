@@ -129,3 +129,33 @@ def test_metrics_file_round_trip_and_progress_line(tmp_path):
     assert read_metrics_file(tmp_path / "missing.jsonl") == []
     line = format_metrics(rows[0], ["a"])
     assert "epoch 1/2" in line and "val loss n/a" in line and "1,234 samples/s" in line
+
+
+def test_a_cached_shard_yields_every_row_once_per_epoch_in_a_new_order():
+    from dmf_ray.train import _cached_batches
+
+    cached = {"a": torch.arange(10.0)[:, None], "present": torch.ones(10, 1, dtype=torch.bool)}
+    generator = torch.Generator().manual_seed(0)
+    first = [b["a"][:, 0].tolist() for b in _cached_batches(cached, 4, generator)]
+    second = [b["a"][:, 0].tolist() for b in _cached_batches(cached, 4, generator)]
+    assert [len(b) for b in first] == [4, 4, 2]
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(10))
+    assert first != second
+
+
+def test_job_entry_points_have_help_and_fail_on_bad_input_in_one_line(tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for script in ("jobs/train.py", "jobs/bench_train.py"):
+        done = subprocess.run([sys.executable, script, "--help"], cwd=repo, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
+    # A missing store is refused before any Ray start.
+    import runpy
+
+    main = runpy.run_path(str(repo / "jobs" / "train.py"))["main"]
+    assert main(["--store", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "nope" in err and len(err.strip().splitlines()) == 1
