@@ -94,18 +94,20 @@ def test_in_process_fit_with_the_ray_data_join_lowers_the_loss(store, tmp_path):
     """workers=0 (in-process) over the distributed read path: same split as the driver path,
     and the loss goes down over epochs."""
     out = tmp_path / "model"
-    result = train(_config(store, out, workers=0, epochs=4, data_loading="distributed"), log=lambda m: None)
+    # A constant masking rate, so training losses of different epochs are comparable (with a
+    # rising rate the task gets harder every epoch and the training loss may rise: flaky).
+    config = _config(store, out, workers=0, epochs=4, data_loading="distributed", mask_p_start=0.3, mask_p_end=0.3)
+    result = train(config, log=lambda m: None)
     paired = EmbeddingStore.open(store).read_numpy(NAMES)
     expected_valid = int(validation_mask(paired.mol_ids, TINY["val_fraction"]).sum())
     assert (result.n_train, result.n_valid) == (len(paired) - expected_valid, expected_valid)
     history = read_metrics_file(out / METRICS_FILE)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    # The masking rate rises, so reconstruction gets harder every epoch: judge the model on the
-    # fixed leave-one-out validation task, and the training loss at equal masking via its trend.
+    # The fixed leave-one-out validation task and the training loss (at equal masking) improve.
     assert history[-1]["val/loss"] < history[0]["val/loss"]
     assert history[-1]["val/cos_mean"] > history[0]["val/cos_mean"]
     assert history[-1]["train/total"] < history[0]["train/total"]
-    assert [h["mask_p"] for h in history] == sorted(h["mask_p"] for h in history)
+    assert {h["mask_p"] for h in history} == {0.3}
     FusionEmbedder(str(out))  # loadable
 
 
@@ -126,6 +128,8 @@ def test_two_worker_ddp_fit_writes_a_loadable_model(store, tmp_path):
         assert isinstance(last[key], float), key
     assert sum(last[f"attention/{n}"] for n in NAMES) == pytest.approx(1.0, abs=1e-6)
     assert all(h["replica_spread"] == 0.0 for h in history)  # DDP kept both replicas identical
+    mask_p = [h["mask_p"] for h in history]
+    assert mask_p == sorted(mask_p) and mask_p[0] < mask_p[-1]  # progressive masking
     assert last["train_samples"] == result.n_train - result.n_train % 2  # equal split over 2 ranks
     assert result.metrics == last
 
