@@ -26,13 +26,6 @@ CARD = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def trained_like_model(seed=0) -> DynamicFusion:
     torch.manual_seed(seed)

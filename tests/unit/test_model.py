@@ -19,16 +19,6 @@ from dmf_ray.model import (
 
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a busy CI box OpenMP wake-ups make
-    # a 1 ms forward take 30 ms. Restored afterwards so other tests see the default.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 DIMS = [6, 8, 5]
 MODS = ["smiles", "selfies", "graph"]
 

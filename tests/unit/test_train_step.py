@@ -25,13 +25,6 @@ DIMS = [6, 8, 5]
 NAMES = ["a", "b", "c"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def correlated_data(n: int, seed: int = 0):
     """Three modalities that are noisy linear views of one 3-d factor, partially paired."""
