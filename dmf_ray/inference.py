@@ -61,7 +61,8 @@ def fuse_arrays(
     for start in range(0, n, batch_size):
         part = slice(start, min(n, start + batch_size))
         inputs = [torch.as_tensor(np.asarray(values[m][part], dtype=np.float32), device=device) for m in names]
-        out = model.embed(inputs, torch.as_tensor(present[part], device=device))
+        out = model.embed(inputs, torch.as_tensor(present[part], device=device),
+                          reconstruct=with_reconstructions)
         fused[part] = out.fused.cpu().numpy()
         attention[part] = out.attention.cpu().numpy()
         if gates is not None:

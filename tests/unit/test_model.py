@@ -227,6 +227,17 @@ def test_embed_restores_training_mode_and_disables_grad():
     torch.testing.assert_close(a.fused, b.fused)  # deterministic: dropout was off
 
 
+def test_embed_without_reconstructions_skips_decoders_and_gives_the_same_embedding():
+    model = tiny_model()
+    xs = random_inputs(5)
+    present = torch.tensor([[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    full = model.embed(xs, present)
+    lean = model.embed(xs, present, reconstruct=False)
+    assert lean.reconstructions is None and len(full.reconstructions) == 3
+    torch.testing.assert_close(lean.fused, full.fused)
+    torch.testing.assert_close(lean.attention, full.attention)
+
+
 # -- losses against hand-computed values -------------------------------------------------------
 
 
