@@ -12,7 +12,6 @@ remaining race (new weights under an old config) as a clear error rather than a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -21,20 +20,11 @@ from pathlib import Path
 import torch
 
 from .model import DynamicFusion, FusionConfig
+from .model_uri import CONFIG_FILE, WEIGHTS_FILE, local_model_dir, sha256_file
 
 FORMAT = "dmf_ray.fusion"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 _RESERVED_KEYS = ("format", "format_version", "fusion", "weights_sha256")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -88,7 +78,7 @@ def save_fusion_model(
         save_file(tensors, str(tmp_weights), metadata=header)
         with open(tmp_weights, "rb+") as f:
             os.fsync(f.fileno())
-        doc = {**meta, "weights_sha256": _sha256(tmp_weights), **card}
+        doc = {**meta, "weights_sha256": sha256_file(tmp_weights), **card}
         with open(tmp_config, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, sort_keys=False, allow_nan=False)
             f.write("\n")
@@ -104,8 +94,9 @@ def save_fusion_model(
 
 
 def read_model_config(directory: str | os.PathLike) -> dict:
-    """Read and check config.json without loading weights (e.g. to learn the encoders needed)."""
-    directory = Path(directory)
+    """Read and check config.json without loading weights (e.g. to learn the encoders needed).
+    A remote URI (s3://...) is fetched into the local cache first (``dmf_ray.model_uri``)."""
+    directory = local_model_dir(directory)
     if not directory.exists():
         raise FileNotFoundError(f"model directory {directory} does not exist")
     if not directory.is_dir():
@@ -139,16 +130,18 @@ def read_model_config(directory: str | os.PathLike) -> dict:
 def load_fusion_model(
     directory: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[DynamicFusion, dict]:
-    """Rebuild the model from `directory`; returns (model in eval mode on `device`, config.json)."""
+    """Rebuild the model from `directory` (a path or a URI); returns (model in eval mode on
+    `device`, config.json)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    directory = local_model_dir(directory)
     doc = read_model_config(directory)
-    weights = Path(directory) / WEIGHTS_FILE
+    weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found")
     expected = doc.get("weights_sha256")
-    if expected is not None and _sha256(weights) != expected:
+    if expected is not None and sha256_file(weights) != expected:
         raise ValueError(
             f"{weights} does not match the sha256 recorded in {CONFIG_FILE} "
             f"(partially overwritten or copied from another model)"

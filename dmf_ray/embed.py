@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from dmf_ray.artifact import read_model_config
 from dmf_ray.inference import FusionEmbedder, choose_modalities, fuse_arrays
-from dmf_ray.inputs import discover_inputs
+from dmf_ray.inputs import discover_inputs, read_rows_stage
 
 
 @dataclass
@@ -161,7 +161,7 @@ def embed(
     import ray
     from ray.data import ActorPoolStrategy, SaveMode
 
-    from dmf_ray.featurize import _read_stage, _actor_cpus
+    from dmf_ray.featurize import _actor_cpus
     from dmf_ray.runtime import cluster_resources
 
     if (inputs is None) == (store_uri is None):
@@ -177,7 +177,7 @@ def embed(
     if inputs is not None:
         files = discover_inputs(list(inputs), smiles_column, id_column)
         ds = ray.data.from_items([{"file": f.__dict__} for f in files])
-        ds = ds.map_batches(_read_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, fn_kwargs={"chunk_rows": batch_size * 8, "skip": set()})
+        ds = ds.map_batches(read_rows_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, fn_kwargs={"chunk_rows": batch_size * 8})
         ds = ds.map_batches(
             EmbedSmilesStage, batch_size=batch_size, batch_format="pyarrow", compute=pool,
             num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},

@@ -1,14 +1,17 @@
-"""Ray Data featurisation: input files -> molecules -> one actor pool per encoder -> store.
+"""Ray Data featurisation: input files -> molecules -> encoders -> store.
 
 Stages (all streaming, so memory stays bounded whatever the library size):
 
 1. read    one task per input file cuts it into fixed chunks (shards) of rows;
-2. parse   per shard: RDKit parse, canonical SMILES, molecule id; writes the shard's molecules
-           and failures tables and commits them; passes on the molecules some modality still
-           lacks (new to the store, first occurrence in the shard), as RDKit binaries;
-3. encode  one actor pool per encoder (GPU encoders get ``num_gpus``), any batch size;
+2. parse   an actor pool; per shard: RDKit parse, canonical SMILES, molecule id; writes the
+           shard's molecules and failures tables and commits them. Inline encoders (cheap
+           RDKit ones: fingerprints, descriptors) run right here on the parsed molecules, each
+           writing and committing its (shard, modality) as one file: shipping molecules to
+           another actor costs more than an ECFP. The molecules some pooled encoder still
+           lacks (new to the store, first occurrence in the shard) go on as RDKit binaries;
+3. encode  one actor pool per pooled encoder (models, plugins; GPU ones get ``num_gpus``);
 4. write   per (shard, modality) Parquet parts, each file atomic;
-5. commit  the driver counts written rows and commits a (shard, modality) once all its
+5. commit  the driver counts written rows and commits a pooled (shard, modality) once all its
            rows are on disk.
 
 A rerun of the same command removes uncommitted leftovers and redoes only what is missing.
@@ -29,8 +32,8 @@ import pyarrow as pa
 
 from dmf_ray import fsutil
 from dmf_ray.encoders import DEFAULT_ENCODERS, Encoder, encoder_from_option, encoder_from_spec
-from dmf_ray.inputs import InputFile, RawChunk, discover_inputs, read_chunks
-from dmf_ray.molecules import InvalidSmilesError, Molecule, mol_from_bytes, mol_to_bytes, parse_smiles
+from dmf_ray.inputs import InputFile, discover_inputs, read_chunks
+from dmf_ray.molecules import InvalidSmilesError, Molecule, mol_from_bytes, mol_to_bytes, parse_many
 from dmf_ray.store import (
     FAILURES_SCHEMA,
     INPUTS_TABLE,
@@ -67,72 +70,75 @@ def resolve_encoders(options: list[str] | tuple[str, ...]) -> dict[str, Encoder]
 
 
 # ---- stage 1: read ------------------------------------------------------------------------
+# A shard travels as ONE row (list columns), so no block boundary can ever cut it in two.
+SHARD_BLOCK_BYTES = 1 << 20
+SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("source", pa.string()), ("rows", pa.list_(pa.int64())),
+                          ("smiles", pa.list_(pa.string())), ("source_id", pa.list_(pa.string()))])
+
+
 def _read_stage(batch: dict[str, np.ndarray], chunk_rows: int, skip: set[str]):
     for payload in batch["file"]:
         file = InputFile(**payload)
         for chunk in read_chunks(file, chunk_rows, skip):
-            yield _chunk_to_batch(chunk)
+            yield pa.table({"shard": [chunk.shard], "source": [chunk.source], "rows": [chunk.rows],
+                            "smiles": [chunk.smiles], "source_id": [chunk.ids]}, schema=SHARD_SCHEMA)
 
 
-def _chunk_to_batch(chunk: RawChunk) -> pa.Table:
-    n = len(chunk.rows)
-    return pa.table(
-        {
-            "shard": pa.array([chunk.shard] * n, pa.string()),
-            "source": pa.array([chunk.source] * n, pa.string()),
-            "row": pa.array(chunk.rows, pa.int64()),
-            "smiles": pa.array(chunk.smiles, pa.string()),
-            "source_id": pa.array(chunk.ids, pa.string()),
-            "chunk_size": pa.array([n] * n, pa.int64()),
-        }
-    )
+# ---- stage 2: parse (and inline encoders) -------------------------------------------------
+STATUS_SCHEMA = pa.schema([("shard", pa.string()), ("modality", pa.string()), ("rows", pa.int64()), ("expected", pa.int64())])
 
 
-# ---- stage 2: parse -----------------------------------------------------------------------
 class _ParseStage:
-    """Parses whole shards (one block = one shard) and writes their molecules and failures."""
+    """Parses whole shards (one block = one shard), writes their molecules and failures, and runs
+    the inline encoders on the parsed molecules, writing and committing each (shard, modality) in
+    one file. Emits the molecules the pooled encoders still need or, when there are none, one
+    status row per inline (shard, modality) for the driver's progress."""
 
-    def __init__(self, store_uri: str, modalities: list[str], known_ids: dict[str, np.ndarray], inputs_done: set[str], modality_done: dict[str, set[str]]):
+    def __init__(self, store_uri: str, specs: dict[str, dict[str, Any]], inline: list[str],
+                 known_ids: dict[str, np.ndarray], inputs_done: set[str], modality_done: dict[str, set[str]]):
         self.store = EmbeddingStore.open(store_uri)
-        self.modalities = modalities
+        self.specs = specs
+        self.inline = {name: encoder_from_spec(specs[name]) for name in inline}
+        self.pooled = [name for name in specs if name not in self.inline]
         self.known_ids = known_ids
         self.inputs_done = inputs_done
         self.modality_done = modality_done
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        outputs = []
-        shards = batch.column("shard").to_numpy(zero_copy_only=False)
-        for shard in dict.fromkeys(shards):
-            rows = batch.filter(pa.array(shards == shard))
-            expected = rows.column("chunk_size")[0].as_py()
-            if rows.num_rows != expected:  # a shard split across batches cannot be written atomically
-                raise RuntimeError(f"shard {shard} arrived in pieces ({rows.num_rows} of {expected} rows)")
-            outputs.append(self.parse_shard(shard, rows))
-        return pa.concat_tables(outputs) if outputs else _encode_input_schema(self.modalities).empty_table()
+    def output_schema(self) -> pa.Schema:
+        return _encode_input_schema(self.pooled) if self.pooled else STATUS_SCHEMA
 
-    def parse_shard(self, shard: str, rows: pa.Table) -> pa.Table:
-        source = rows.column("source")[0].as_py()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        outputs = [self.parse_shard(**shard) for shard in batch.to_pylist()]
+        return pa.concat_tables(outputs) if outputs else self.output_schema().empty_table()
+
+    def parse_shard(self, shard: str, source: str, rows: list[int], smiles: list[str | None],
+                    source_id: list[str | None]) -> pa.Table:
         molecules: list[Molecule] = []
         keep_rows, failures = [], []
-        for i, (row, smiles) in enumerate(zip(rows.column("row").to_pylist(), rows.column("smiles").to_pylist())):
-            try:
-                molecules.append(parse_smiles(smiles))
+        for i, (row, text, parsed) in enumerate(zip(rows, smiles, parse_many(smiles))):
+            if isinstance(parsed, InvalidSmilesError):
+                failures.append((row, text, parsed.reason))
+            else:
+                molecules.append(parsed)
                 keep_rows.append(i)
-            except InvalidSmilesError as exc:
-                failures.append((row, smiles, exc.reason))
         if shard not in self.inputs_done:
-            self.write_inputs(shard, source, rows, keep_rows, molecules, failures)
-        return self.molecules_to_encode(shard, molecules)
+            self.write_inputs(shard, source, rows, source_id, keep_rows, molecules, failures)
+        unique, needs = self.needed(shard, molecules)
+        status = {name: self.encode_inline(shard, name, [unique[i] for i in np.flatnonzero(needs[name])])
+                  for name in self.inline if needs[name].any()}
+        if not self.pooled:
+            return pa.table({"shard": [shard] * len(status), "modality": list(status),
+                             "rows": list(status.values()), "expected": list(status.values())}, schema=STATUS_SCHEMA)
+        return self.molecules_to_encode(shard, unique, needs)
 
-    def write_inputs(self, shard, source, rows, keep_rows, molecules, failures) -> None:
-        take = pa.array(keep_rows, pa.int64())
+    def write_inputs(self, shard, source, rows, source_id, keep_rows, molecules, failures) -> None:
         table = pa.table(
             {
                 "mol_id": pa.array([m.mol_id for m in molecules], pa.string()),
                 "smiles": pa.array([m.smiles for m in molecules], pa.string()),
                 "source": pa.array([source] * len(molecules), pa.string()),
-                "row": rows.column("row").take(take),
-                "source_id": rows.column("source_id").take(take),
+                "row": pa.array([rows[i] for i in keep_rows], pa.int64()),
+                "source_id": pa.array([source_id[i] for i in keep_rows], pa.string()),
             },
             schema=MOLECULES_SCHEMA,
         )
@@ -144,18 +150,19 @@ class _ParseStage:
                 schema=FAILURES_SCHEMA,
             )
             fsutil.write_parquet(self.store.fs, self.store.failures_path(shard), ftable)
-        record = {"source": source, "inputs": rows.num_rows, "valid": len(molecules), "failed": len(failures)}
+        record = {"source": source, "inputs": len(rows), "valid": len(molecules), "failed": len(failures)}
         self.store.commit(INPUTS_TABLE, shard, record)
 
-    def molecules_to_encode(self, shard: str, molecules: list[Molecule]) -> pa.Table:
-        # First occurrence in the shard of each molecule not yet in the store, per modality.
+    def needed(self, shard: str, molecules: list[Molecule]) -> tuple[list[Molecule], dict[str, np.ndarray]]:
+        """The shard's distinct molecules (first occurrence) and, per modality, which of them the
+        store lacks. A modality with nothing to add is committed for the shard right here."""
         seen: dict[str, int] = {}
         for i, m in enumerate(molecules):
             seen.setdefault(m.mol_id, i)
         unique = [molecules[i] for i in seen.values()]
         ids = np.array([m.mol_id for m in unique], dtype=ID_DTYPE)
         needs = {}
-        for name in self.modalities:
+        for name in self.specs:
             if shard in self.modality_done[name]:
                 needs[name] = np.zeros(len(unique), dtype=bool)
             else:
@@ -165,7 +172,16 @@ class _ParseStage:
                 needs[name] = ~found
                 if not needs[name].any():  # nothing to write: the shard is complete for it
                     self.store.commit(modality_table(name), shard, {"rows": 0})
-        wanted = np.logical_or.reduce([needs[n] for n in self.modalities]) if self.modalities else np.zeros(len(unique), bool)
+        return unique, needs
+
+    def encode_inline(self, shard: str, name: str, molecules: list[Molecule]) -> int:
+        encoded = self.inline[name].encode(molecules)
+        _write_part(self.store, name, self.specs[name], shard, [m.mol_id for m in molecules], encoded.values, encoded.errors)
+        self.store.commit(modality_table(name), shard, {"rows": len(molecules)})
+        return len(molecules)
+
+    def molecules_to_encode(self, shard: str, unique: list[Molecule], needs: dict[str, np.ndarray]) -> pa.Table:
+        wanted = np.logical_or.reduce([needs[n] for n in self.pooled])
         index = np.flatnonzero(wanted)
         columns: dict[str, Any] = {
             "shard": pa.array([shard] * len(index), pa.string()),
@@ -173,10 +189,10 @@ class _ParseStage:
             "smiles": pa.array([unique[i].smiles for i in index], pa.string()),
             "mol": pa.array([mol_to_bytes(unique[i].mol) for i in index], pa.binary()),
         }
-        for name in self.modalities:
+        for name in self.pooled:
             columns[f"need__{name}"] = pa.array(needs[name][index])
             columns[f"expect__{name}"] = pa.array(np.full(len(index), int(needs[name].sum()), dtype=np.int64))
-        return pa.table(columns, schema=_encode_input_schema(self.modalities))
+        return pa.table(columns, schema=_encode_input_schema(self.pooled))
 
 
 def _encode_input_schema(modalities: list[str]) -> pa.Schema:
@@ -186,7 +202,7 @@ def _encode_input_schema(modalities: list[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-# ---- stage 3: encode ----------------------------------------------------------------------
+# ---- stage 3: encode (pooled encoders) ------------------------------------------------------
 class EncodeStage:
     """One encoder in an actor: the model (or fingerprint generator) is built once per actor."""
 
@@ -213,6 +229,23 @@ class EncodeStage:
 
 
 # ---- stage 4: write -----------------------------------------------------------------------
+def _write_part(store: EmbeddingStore, name: str, spec: dict[str, Any], shard: str, ids, values: np.ndarray,
+                errors: list[str | None]) -> None:
+    """One Parquet part of a modality for some of a shard's molecules; the file is atomic."""
+    valid = np.array([e is None for e in errors], dtype=bool)
+    table = pa.table(
+        {
+            "mol_id": pa.array(ids, pa.string()),
+            "embedding": embedding_array(np.asarray(values, dtype=spec["dtype"]), valid),
+            "error": pa.array(errors, pa.string()),
+        },
+        schema=modality_schema(spec["dtype"], spec["dim"]),
+    )
+    # Named by content: a retried task rewrites the same file instead of adding one.
+    digest = hashlib.blake2b("".join(ids).encode(), digest_size=8).hexdigest()
+    fsutil.write_parquet(store.fs, fsutil.join(store.modality_dir(name), f"{shard}--{digest}.parquet"), table)
+
+
 def _write_stage(batch: dict[str, np.ndarray], store_uri: str, specs: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
     store = EmbeddingStore.open(store_uri)
     status = defaultdict(list)
@@ -221,21 +254,8 @@ def _write_stage(batch: dict[str, np.ndarray], store_uri: str, specs: dict[str, 
         need = batch[f"need__{name}"].astype(bool)
         for shard in dict.fromkeys(shards[need]):
             rows = np.flatnonzero(need & (shards == shard))
-            ids = batch["mol_id"][rows]
             errors = [str(e) or None for e in batch[f"err__{name}"][rows]]
-            valid = np.array([e is None for e in errors], dtype=bool)
-            table = pa.table(
-                {
-                    "mol_id": pa.array(ids, pa.string()),
-                    "embedding": embedding_array(np.asarray(batch[f"emb__{name}"][rows], dtype=spec["dtype"]), valid),
-                    "error": pa.array(errors, pa.string()),
-                },
-                schema=modality_schema(spec["dtype"], spec["dim"]),
-            )
-            # Named by content: a retried task rewrites the same file instead of adding one.
-            digest = hashlib.blake2b("".join(ids).encode(), digest_size=8).hexdigest()
-            path = fsutil.join(store.modality_dir(name), f"{shard}--{digest}.parquet")
-            fsutil.write_parquet(store.fs, path, table)
+            _write_part(store, name, spec, shard, list(batch["mol_id"][rows]), batch[f"emb__{name}"][rows], errors)
             status["shard"].append(shard)
             status["modality"].append(name)
             status["rows"].append(len(rows))
@@ -305,8 +325,14 @@ def featurize(
     known = {n: _known_ids(store, n) for n in names}
 
     cpus, gpus = cluster_resources()
-    actor_cpus = _actor_cpus(cpus, 1 + len(chosen))
+    inline = [name for name, encoder in chosen.items() if encoder.inline]
+    pooled = {name: encoder for name, encoder in chosen.items() if not encoder.inline}
+    actor_cpus = _actor_cpus(cpus, 1 + len(pooled))
     ds = ray.data.from_items([{"file": f.__dict__} for f in files])
+    # Ray Data merges a stage's small outputs into blocks up to this size, and a block goes to one
+    # parse actor: at the 128 MiB default a whole file of shards would be parsed by one actor.
+    # At 1 MiB a shard (~1.5 MB per 20k SMILES) is a block of its own.
+    ds.context.target_max_block_size = SHARD_BLOCK_BYTES
     ds = ds.map_batches(
         _read_stage, batch_size=1, batch_format="numpy", num_cpus=0.05,
         fn_kwargs={"chunk_rows": store.shard_rows, "skip": skip},
@@ -314,9 +340,10 @@ def featurize(
     ds = ds.map_batches(
         _ParseStage, batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus))),
-        fn_constructor_kwargs={"store_uri": store_uri, "modalities": names, "known_ids": known, "inputs_done": inputs_done, "modality_done": modality_done},
+        fn_constructor_kwargs={"store_uri": store_uri, "specs": specs, "inline": inline, "known_ids": known,
+                               "inputs_done": inputs_done, "modality_done": modality_done},
     )
-    for name, encoder in chosen.items():
+    for name, encoder in pooled.items():
         low, high = _pool_size(encoder, cpus, gpus)
         ds = ds.map_batches(
             EncodeStage,
@@ -327,30 +354,36 @@ def featurize(
             num_gpus=encoder.num_gpus if gpus > 0 else 0,
             fn_constructor_kwargs={"name": name, "spec": specs[name]},
         )
-    ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05, fn_kwargs={"store_uri": store_uri, "specs": specs})
+    if pooled:
+        ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05,
+                            fn_kwargs={"store_uri": store_uri, "specs": {n: specs[n] for n in pooled}})
 
+    # Status rows: (shard, modality, rows written, rows the shard needs). Inline encoders commit
+    # their own (shard, modality) in the parse actors; pooled ones are committed here once all
+    # their rows are on disk. With pooled encoders, progress counts only theirs.
     written: dict[tuple[str, str], int] = defaultdict(int)
-    encoded = defaultdict(int)
-    committed = 0
+    vectors = 0
     last_log = time.time()
     for status in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for shard, name, rows, expected in zip(status["shard"], status["modality"], status["rows"], status["expected"]):
             key = (str(shard), str(name))
             written[key] += int(rows)
-            encoded[str(name)] += int(rows)
-            if written[key] == expected:
+            vectors += int(rows)
+            if key[1] in pooled and written[key] == expected:
                 store.commit(modality_table(key[1]), key[0], {"rows": int(expected)})
-                committed += 1
             elif written[key] > expected:
                 raise RuntimeError(f"shard {key[0]} got {written[key]} rows of {key[1]}, expected {expected}")
         if time.time() - last_log > progress_interval_s:
             last_log = time.time()
-            rate = sum(encoded.values()) / max(1e-9, last_log - started)
-            log(f"featurize: {committed} shard-modalities committed, encoded {dict(encoded)} ({rate:,.0f} vectors/s)")
+            shards_done = len({k[0] for k in written})
+            log(f"featurize: {vectors:,} vectors written for {shards_done} shard(s) "
+                f"({vectors / max(1e-9, last_log - started):,.0f} vectors/s)")
 
     incomplete = [k for k, v in written.items() if k[0] not in store.committed_keys(modality_table(k[1]))]
     if incomplete:
         raise RuntimeError(f"{len(incomplete)} shard-modalities were written only in part, e.g. {incomplete[0]}; rerun to finish them")
+    encoded = {n: sum(record["rows"] for shard, record in store.committed(modality_table(n)).items()
+                      if shard not in modality_done[n]) for n in names}
     duplicates = {n: store.deduplicate(n) for n in names}
     inputs_now = store.committed(INPUTS_TABLE)
     new_shards = [k for k in inputs_now if k not in inputs_done]
@@ -360,7 +393,7 @@ def featurize(
         shards_committed=len(new_shards),
         rows_read=sum(inputs_now[k]["inputs"] for k in new_shards),
         failed=sum(inputs_now[k]["failed"] for k in new_shards),
-        encoded=dict(encoded),
+        encoded=encoded,
         duplicates_removed=duplicates,
         seconds=time.time() - started,
     )

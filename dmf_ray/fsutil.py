@@ -12,6 +12,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 PARQUET_COMPRESSION = "zstd"
+# Level 1: the same file size as the default level for fingerprint counts (dictionary encoding
+# does most of the work) at a third of the time; writing was a third of featurisation time.
+PARQUET_COMPRESSION_LEVEL = 1
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -23,6 +26,13 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    """``join`` for a URI that may carry options after ``?`` (s3://b/p?region=...): the parts go
+    into the path, before the options."""
+    base, sep, query = uri.partition("?")
+    return join(base, *parts) + sep + query
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
@@ -51,7 +61,8 @@ def _atomic_write(fs: pafs.FileSystem, path: str, write) -> None:
 
 
 def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    _atomic_write(fs, path, lambda p: pq.write_table(table, p, filesystem=fs, compression=PARQUET_COMPRESSION))
+    _atomic_write(fs, path, lambda p: pq.write_table(table, p, filesystem=fs, compression=PARQUET_COMPRESSION,
+                                                     compression_level=PARQUET_COMPRESSION_LEVEL))
 
 
 def write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:

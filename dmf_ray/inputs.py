@@ -17,6 +17,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -104,7 +105,7 @@ def discover_inputs(uris: list[str], smiles_column: str | None = None, id_column
             supported = [i for i in found if _is_supported(i.path)]
             if not supported:
                 raise InputError(f"{uri}: folder holds no supported input files")
-            entries = [(fsutil.join(uri, i.base_name), i) for i in sorted(supported, key=lambda i: i.path)]
+            entries = [(fsutil.join_uri(uri, i.base_name), i) for i in sorted(supported, key=lambda i: i.path)]
         else:
             entries = [(uri, info)]
         for file_uri, file_info in entries:
@@ -183,6 +184,17 @@ def read_chunks(file: InputFile, chunk_rows: int, skip: set[str] = frozenset()) 
             chunk = RawChunk(file.chunk_key(index), file.uri, [], [], [])
     if chunk.rows and chunk.shard not in skip:
         yield chunk
+
+
+def read_rows_stage(batch: dict, chunk_rows: int) -> Iterator[pa.Table]:
+    """Ray Data stage: InputFile payloads (column ``file``) -> tables of one row per input line
+    (source, row, smiles, source_id), ``chunk_rows`` rows at a time."""
+    for payload in batch["file"]:
+        for chunk in read_chunks(InputFile(**payload), chunk_rows):
+            yield pa.table({"source": pa.array([chunk.source] * len(chunk.rows), pa.string()),
+                            "row": pa.array(chunk.rows, pa.int64()),
+                            "smiles": pa.array(chunk.smiles, pa.string()),
+                            "source_id": pa.array(chunk.ids, pa.string())})
 
 
 def head_smiles(uri: str, n: int, smiles_column: str | None = None) -> list[str]:

@@ -43,7 +43,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dmf_ray import __version__
+from dmf_ray import __version__, fsutil
+from dmf_ray.model_uri import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, is_remote, mirror_files, publish_model,
+                               staging_dir, upload_file)
 from dmf_ray.model import (
     MASK_SCHEDULE_KINDS,
     DynamicFusion,
@@ -63,7 +65,6 @@ from dmf_ray.model import (
 
 TRAIN_DIR = "_ray_train"
 RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
 CHECKPOINT_STATE = "state.json"
@@ -163,6 +164,9 @@ class TrainConfig:
     )
     _fail_at_epoch: int | None = field(
         default=None, metadata={"help": "test hook: the last rank exits once before this (1-based) epoch"}
+    )
+    _publish_to: str | None = field(
+        default=None, metadata={"help": "set by train() for a remote out: the URI out stages for"}
     )
 
     def __post_init__(self) -> None:
@@ -895,7 +899,7 @@ def _default_resources(config: TrainConfig) -> tuple[float, int]:
 def _prepare_out_dir(config: TrainConfig, fingerprint: dict) -> str | None:
     """Returns 'complete' if out already holds this model, 'resume' if it holds an interrupted run
     of it, None for a fresh start; raises if it holds something else."""
-    from dmf_ray.artifact import CONFIG_FILE, WEIGHTS_FILE, read_model_config
+    from dmf_ray.artifact import read_model_config
 
     out = Path(config.out)
     run_file = out / TRAIN_DIR / RUN_FILE
@@ -907,8 +911,6 @@ def _prepare_out_dir(config: TrainConfig, fingerprint: dict) -> str | None:
             elif path.exists():
                 path.unlink()
         if config.storage_path is not None:  # checkpoints kept elsewhere would be resumed by Ray
-            from dmf_ray import fsutil
-
             fs, root = fsutil.resolve(config.storage_path)
             run = fsutil.join(root, _run_name(config))
             if fsutil.exists(fs, run):
@@ -938,6 +940,22 @@ def _prepare_out_dir(config: TrainConfig, fingerprint: dict) -> str | None:
     return None
 
 
+def _stage_remote_out(config: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """out on s3:// (or any remote filesystem): train into a local staging directory that mirrors
+    it, publish the model there at the end. Ray Train keeps its checkpoints under
+    <out>/_ray_train on the remote filesystem itself, where every node and any later driver sees
+    them, so a rerun from another machine resumes too; run.json travels with them."""
+    remote_files = [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, f"{TRAIN_DIR}/{RUN_FILE}"]
+    stage = staging_dir(config.out)
+    if config.fresh:
+        delete_files(config.out, remote_files)
+    mirror_files(config.out, stage, remote_files)
+    storage = config.storage_path or fsutil.join_uri(config.out, TRAIN_DIR)
+    log(f"out is remote: staging in {stage}, checkpoints in {storage}")
+    return replace(config, out=str(stage), storage_path=storage,
+                   _publish_to=config.out)
+
+
 def _versions() -> dict[str, str]:
     import ray
     import rdkit
@@ -947,7 +965,7 @@ def _versions() -> dict[str, str]:
 
 
 def _run_name(config: TrainConfig) -> str:
-    if config.storage_path is None:
+    if config.storage_path is None or config._publish_to is not None:
         return "run"  # the storage lives inside out, so out can be moved or renamed
     base = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(_absolute(config.out)).name)
     return f"dmf-train-{base}-{hashlib.sha256(_absolute(config.out).encode()).hexdigest()[:8]}"
@@ -968,6 +986,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
 
     started = time.time()
     config.validate()
+    if is_remote(config.out):
+        config = _stage_remote_out(config, log)
+    published = config._publish_to or config.out
+    published_metrics = fsutil.join_uri(published, METRICS_FILE) if config._publish_to else None
     store = EmbeddingStore.open(config.store)
     names = _resolve_modalities(store, config.modalities)
     dims = [int(store.modalities[n]["dim"]) for n in names]
@@ -980,11 +1002,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     status = _prepare_out_dir(config, fingerprint)
     if status == "complete":
         card = read_model_config(out)
-        log(f"{out} already holds this model (trained {card['training'].get('epochs')} epochs); nothing to do "
+        log(f"{published} already holds this model (trained {card['training'].get('epochs')} epochs); nothing to do "
             f"(pass fresh/--overwrite to retrain)")
-        return TrainResult(str(out), card.get("metrics", {}), 0, config.epochs, config.epochs, [], True,
+        return TrainResult(published, card.get("metrics", {}), 0, config.epochs, config.epochs, [], True,
                            int(card["training"].get("n_train", 0)), int(card["training"].get("n_valid", 0)),
-                           time.time() - started, str(metrics_path))
+                           time.time() - started, published_metrics or str(metrics_path))
     if status == "resume":
         if config.workers == 0:
             log(f"note: {out / TRAIN_DIR} holds an interrupted run, but workers=0 trains in-process and "
@@ -1042,6 +1064,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_FILE).write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
+    if config._publish_to:  # a later driver on another machine must see which run the checkpoints are of
+        upload_file(run_dir / RUN_FILE, *fsutil.resolve(fsutil.join_uri(config._publish_to, TRAIN_DIR, RUN_FILE)))
 
     log(f"training: {config.workers} worker(s) x {cpus:g} CPU, {threads} thread(s) each"
         f"{', 1 GPU each' if config.use_gpu else ''}; global batch {per_worker_batch * world}, "
@@ -1093,7 +1117,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         "training": {
             **config.public_dict(),
             "store": _absolute(config.store),
-            "out": _absolute(config.out),
+            "out": _absolute(published),
             "modalities": names,
             "n_train": int(n_train),
             "n_valid": int(n_valid),
@@ -1110,13 +1134,15 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
                                                          "created_by", "versions", "id_scheme", "shard_rows")},
     }
     save_fusion_model(out, model, card)
+    if config._publish_to:
+        publish_model(out, config._publish_to)
     final = history[-1] if history else {}
-    log(f"model written to {out} ({config.epochs} epochs, {epochs_run} in this run"
+    log(f"model written to {published} ({config.epochs} epochs, {epochs_run} in this run"
         f"{f', resumed from epoch {resumed_from}' if resumed_from else ''}"
         f"{f', worker restarts at epochs {restarts}' if restarts else ''}); final: "
         f"{format_metrics(final, names) if final else 'no metrics'}")
-    return TrainResult(str(out), final, epochs_run, config.epochs, resumed_from, restarts, False,
-                       int(n_train), int(n_valid), time.time() - started, str(metrics_path))
+    return TrainResult(published, final, epochs_run, config.epochs, resumed_from, restarts, False,
+                       int(n_train), int(n_valid), time.time() - started, published_metrics or str(metrics_path))
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ class Encoder:
     default_batch_size: ClassVar[int] = 1024
     num_gpus: ClassVar[float] = 0.0
     description: ClassVar[str] = ""
+    # True for cheap CPU encoders that need only the RDKit molecule: featurize runs them in the
+    # parse actors on the molecules just parsed, which saves serialising every molecule to the
+    # next actor pool and back (for ECFP that hop costs more than the fingerprint). False (the
+    # default, and right for models and plugins) gives the encoder an actor pool of its own.
+    inline: ClassVar[bool] = False
 
     def __init__(self, **args: Any):
         self.args = dict(args)

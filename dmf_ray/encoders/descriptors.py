@@ -64,6 +64,7 @@ class RDKit2D(Encoder):
     description = f"{len(DESCRIPTORS)} fast RDKit physico-chemical descriptors"
     dtype = "float32"
     default_batch_size = 512
+    inline = True
 
     @property
     def dim(self) -> int:

@@ -14,6 +14,7 @@ class _CountFingerprint(Encoder):
     # above that, and it keeps the store near 70 bytes per molecule after compression.
     dtype = "uint8"
     default_batch_size = 2048
+    inline = True
 
     def __init__(self, n_bits: int = 2048, **args):
         super().__init__(n_bits=int(n_bits), **args)
@@ -67,6 +68,7 @@ class MACCS(Encoder):
     description = "166 MACCS structural keys (RDKit's 167-bit vector, bit 0 unused)"
     dtype = "uint8"
     default_batch_size = 1024
+    inline = True
 
     @property
     def dim(self) -> int:

@@ -1,0 +1,134 @@
+"""Model directories at URIs: s3://, gs://, any filesystem pyarrow supports.
+
+A model directory is two small files (config.json, model.safetensors; metrics.jsonl beside them).
+Readers (embed actors, Serve replicas, evaluate) fetch a remote model into a local cache on their
+own node and load it from there; safetensors needs a local file and the model is small. The cache
+entry is named by the sha256 of config.json, which holds the weights' sha256, so a model replaced
+at the same URI is fetched again and an unchanged one never is. ``dmf train --out s3://...``
+trains into a local staging directory and publishes there (see ``dmf_ray.train``).
+
+Remote copies are plain object writes; config.json is written last, so a reader that sees it
+sees a complete model (and the weights hash in it catches a model replaced mid-read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dmf_ray import fsutil
+
+CONFIG_FILE = "config.json"  # the same names as dmf_ray.artifact, which imports torch
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for URIs of a non-local filesystem (``file://`` counts as local)."""
+    text = str(uri)
+    return "://" in text and not text.startswith("file://")
+
+
+def cache_root() -> Path:
+    """Where fetched models and training staging directories live (``DMF_RAY_CACHE``)."""
+    return Path(os.environ.get("DMF_RAY_CACHE") or Path.home() / ".cache" / "dmf_ray")
+
+
+def local_model_dir(uri: str | os.PathLike) -> Path:
+    """A local directory holding the model at ``uri``: the path itself when local, else a
+    verified copy in the cache (fetched once per node and model version)."""
+    text = str(uri)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if not is_remote(text):
+        return Path(text)
+    fs, root = fsutil.resolve(text)
+    config_path = fsutil.join(root, CONFIG_FILE)
+    try:
+        with fs.open_input_stream(config_path) as stream:
+            config_bytes = stream.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{text} is not a dmf_ray model directory: {CONFIG_FILE} not found there") from None
+    target = cache_root() / "models" / hashlib.sha256(config_bytes).hexdigest()[:32]
+    if (target / CONFIG_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
+    try:
+        _download(fs, fsutil.join(root, WEIGHTS_FILE), staging / WEIGHTS_FILE, text)
+        expected = json.loads(config_bytes).get("weights_sha256")
+        if expected is not None and sha256_file(staging / WEIGHTS_FILE) != expected:
+            raise ValueError(f"{text}/{WEIGHTS_FILE} does not match the sha256 in its {CONFIG_FILE} "
+                             f"(the model is being replaced; retry)")
+        (staging / CONFIG_FILE).write_bytes(config_bytes)
+        try:
+            os.replace(staging, target)  # atomic; several processes on a node may race here
+        except OSError:
+            if not (target / CONFIG_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def publish_model(local_dir: str | os.PathLike, uri: str) -> None:
+    """Copy a local model directory to ``uri``: weights and metrics first, config.json last."""
+    fs, root = fsutil.resolve(uri)
+    local = Path(local_dir)
+    for name in (WEIGHTS_FILE, METRICS_FILE, CONFIG_FILE):
+        if (local / name).is_file():
+            upload_file(local / name, fs, fsutil.join(root, name))
+
+
+def staging_dir(uri: str) -> Path:
+    """The local directory that stands for a remote output directory while it is being made."""
+    return cache_root() / "staging" / hashlib.sha256(uri.encode()).hexdigest()[:32]
+
+
+def mirror_files(uri: str, local_dir: Path, names: list[str]) -> None:
+    """Make ``local_dir`` hold exactly the remote copies of ``names`` (relative paths): each is
+    downloaded when ``uri`` has it and removed locally when it does not."""
+    fs, root = fsutil.resolve(uri)
+    for name in names:
+        local = local_dir / name
+        try:
+            with fs.open_input_stream(fsutil.join(root, name)) as source:
+                data = source.read()
+        except FileNotFoundError:
+            local.unlink(missing_ok=True)
+            continue
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+
+
+def delete_files(uri: str, names: list[str]) -> None:
+    fs, root = fsutil.resolve(uri)
+    for name in names:
+        if fsutil.exists(fs, fsutil.join(root, name)):
+            fs.delete_file(fsutil.join(root, name))
+
+
+def upload_file(path: Path, fs, remote_path: str) -> None:
+    fs.create_dir(remote_path.rsplit("/", 1)[0], recursive=True)
+    with open(path, "rb") as source, fs.open_output_stream(remote_path) as out:
+        shutil.copyfileobj(source, out, length=1 << 20)
+
+
+def _download(fs, remote_path: str, path: Path, uri: str) -> None:
+    try:
+        with fs.open_input_stream(remote_path) as source, open(path, "wb") as out:
+            shutil.copyfileobj(source, out, length=1 << 20)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} has a {CONFIG_FILE} but no {WEIGHTS_FILE}") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
