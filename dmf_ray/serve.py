@@ -169,8 +169,8 @@ def _merged(base: dict, override: dict) -> dict:
 class ServeArgs(_Args):
     """Everything the app is built from. ``import_path: dmf_ray.serve:build_app`` + ``args:``."""
 
-    model_dir: str = Field(..., description="trained model directory (config.json + model.safetensors), "
-                           "readable at the same path on every node")
+    model_dir: str = Field(..., description="trained model directory (config.json + model.safetensors): a "
+                           "path every node reads, or a URI (s3://, gs://) each replica fetches once per node")
     max_smiles_per_request: int = Field(256, ge=1, description="more SMILES than this in one request -> 413")
     max_smiles_length: int = Field(2000, ge=1, description="a SMILES longer than this -> 422 naming its index")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered in this time -> 504")
@@ -200,8 +200,8 @@ class ServeArgs(_Args):
     @field_validator("model_dir")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        # Replicas may not share the builder's working directory.
-        return os.path.abspath(os.path.expanduser(v))
+        # Replicas may not share the builder's working directory; URIs stay as they are.
+        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServeArgs":

@@ -8,11 +8,13 @@ workers reach it with no environment of their own.
 from __future__ import annotations
 
 import json
+import socket
 
 import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import requests
 
 from dmf_ray.cli import main as dmf
 from dmf_ray.featurize import featurize
@@ -101,6 +103,27 @@ def test_store_model_and_embeddings_live_on_s3(s3, library, tmp_path, monkeypatc
     assert dmf(["embed", "--model", model_uri, str(library), "--out", str(out)]) == 0
     table = pq.read_table(out).to_pandas()
     assert len(table) == 301 and table.error.notna().sum() == 1
+
+    # Serve straight from the URI: each replica fetches the model on its own node.
+    from ray import serve
+
+    from dmf_ray.serve import build_app
+
+    serve.shutdown()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        small = {"num_cpus": 0.1, "autoscaling": None}
+        serve.run(build_app({"model_dir": model_uri, "ingress": small, "encoders": small}), name="dmf-s3", route_prefix="/")
+        response = requests.post(f"http://127.0.0.1:{port}/v1/embed", json={"smiles": smiles}, timeout=60)
+        assert response.status_code == 200, response.text
+        served = [r["embedding"] for r in response.json()["results"]]
+        np.testing.assert_allclose(served, local_vectors, atol=1e-5)
+    finally:
+        serve.delete("dmf-s3")
+        serve.shutdown()
 
 
 def test_a_missing_remote_model_is_one_clear_error(s3, capsys):
