@@ -73,33 +73,6 @@ def load_smiles(path: str | None, n: int) -> list[str]:
     return out
 
 
-def random_model(directory: str, smiles: list[str]) -> str:
-    """An untrained model (random weights; normalisation from these molecules, so values are
-    in a sane range): latency and throughput do not depend on what the weights learned."""
-    import numpy as np
-    import torch
-
-    from dmf_ray.artifact import save_fusion_model
-    from dmf_ray.encoders import create_encoder
-    from dmf_ray.model import DynamicFusion, FusionConfig
-    from dmf_ray.molecules import parse_smiles
-
-    torch.manual_seed(0)
-    encoders = {m: create_encoder(m) for m in DEFAULT_ENCODERS}
-    model = DynamicFusion(FusionConfig(modalities=DEFAULT_ENCODERS, dims=[e.dim for e in encoders.values()]))
-    molecules = [parse_smiles(s) for s in smiles]
-    stats = {}
-    for m, encoder in encoders.items():
-        batch = encoder.encode(molecules)
-        ok = np.array([e is None for e in batch.errors])
-        stats[m] = (batch.values[ok].mean(0), batch.values[ok].std(0))
-    model.set_normalization(stats)
-    card = {"modalities": {m: e.spec() for m, e in encoders.items()},
-            "training": {"note": "random weights, built by jobs/bench_serve.py"}, "metrics": {}, "versions": {}}
-    save_fusion_model(directory, model, card)
-    return directory
-
-
 def summarize(latencies: list[float], wall: float, molecules: int) -> dict:
     lat = sorted(latencies)
     pick = lambda q: lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))]  # noqa: E731
@@ -169,6 +142,7 @@ def main(argv=None) -> int:
     from ray import serve
 
     from dmf_ray.inference import FusionEmbedder
+    from dmf_ray.random_model import save_random_model
     from dmf_ray.serve import build_app
 
     # The in-process baseline uses one torch thread, as each Serve replica does (torch's default
@@ -179,11 +153,11 @@ def main(argv=None) -> int:
     model_dir = args.model
     if model_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="dmf-bench-")
-        model_dir = random_model(os.path.join(tmp.name, "model"), pool[:256])
+        model_dir = save_random_model(os.path.join(tmp.name, "model"), pool[:256], DEFAULT_ENCODERS)
         print(f"NOTE: no --model given: using an untrained model with RANDOM WEIGHTS in {model_dir} "
               f"({', '.join(DEFAULT_ENCODERS)}, latent 512); timings do not depend on the weights. On a "
-              f"multi-node cluster pass --model on storage every node reads.")
-    model_dir = os.path.abspath(model_dir)
+              f"multi-node cluster pass --model on storage every node reads (a shared path or s3://...).")
+    model_dir = model_dir if "://" in model_dir else os.path.abspath(model_dir)
 
     if os.environ.get("RAY_ADDRESS"):
         ray.init()

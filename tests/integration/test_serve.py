@@ -37,29 +37,13 @@ def sample_smiles(n: int, skip: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A random-weights model whose normalisation comes from real molecules, so values are sane."""
-    import torch
+    from dmf_ray.random_model import save_random_model
 
-    from dmf_ray.artifact import save_fusion_model
-    from dmf_ray.encoders import create_encoder
-    from dmf_ray.model import DynamicFusion, FusionConfig
-    from dmf_ray.molecules import parse_smiles
-
-    torch.manual_seed(0)
-    encoders = {m: create_encoder(m) for m in MODALITIES}
-    model = DynamicFusion(FusionConfig(modalities=MODALITIES, dims=[encoders[m].dim for m in MODALITIES],
-                                       latent_dim=32, gate_hidden=32, attention_hidden=16, decoder_hidden=32))
-    molecules = [parse_smiles(s) for s in sample_smiles(100, skip=200)]
-    stats = {}
-    for m, encoder in encoders.items():
-        batch = encoder.encode(molecules)
-        ok = np.array([e is None for e in batch.errors])
-        stats[m] = (batch.values[ok].mean(0), batch.values[ok].std(0))
-    model.set_normalization(stats)
     path = tmp_path_factory.mktemp("serve") / "model"
-    card = {"modalities": {m: e.spec() for m, e in encoders.items()}, "training": {"epochs": 0, "note": "random"},
-            "metrics": {"val_reconstruction": 1.23}, "versions": {"dmf_ray": "test"}}
-    save_fusion_model(path, model, card)
-    return str(path)
+    card = {"training": {"epochs": 0, "note": "random"}, "metrics": {"val_reconstruction": 1.23},
+            "versions": {"dmf_ray": "test"}}
+    return save_random_model(path, sample_smiles(100, skip=200), MODALITIES, card=card,
+                             latent_dim=32, gate_hidden=32, attention_hidden=16, decoder_hidden=32)
 
 
 def free_port() -> int:
