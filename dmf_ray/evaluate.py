@@ -52,7 +52,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from dmf_ray.evaluation import downstream as _downstream
 from dmf_ray.evaluation import metrics as _metrics
 from dmf_ray.evaluation import report as _report
 from dmf_ray.evaluation import tasks as _tasks
+from dmf_ray.remote import fetch, is_remote, staging_dir, upload_tree
 
 SPLITS = _tasks.SPLITS
 ROBUSTNESS_PROTOCOLS = ("inference", "refit", "none")
@@ -103,7 +104,10 @@ class TaskSpec:
         if len(parts) not in (1, 3) or not all(parts):
             raise ValueError(f"--task {text!r}: give one path (a folder or a file) or three files TRAIN,VALID,TEST")
         source: str | list[str] = parts[0] if len(parts) == 1 else parts
-        if not name:
+        if not name and is_remote(parts[0]):  # s3://bucket/tasks/bbbp?region=...: name it "bbbp"
+            first = Path(parts[0].partition("?")[0].split("://", 1)[1])
+            name = first.parent.name if len(parts) == 3 else first.name.split(".")[0]
+        elif not name:
             first = Path(parts[0])
             if len(parts) == 3:
                 name = first.resolve().parent.name  # three files: their folder, as load_task does
@@ -581,9 +585,12 @@ def load_tasks(config: EvaluateConfig) -> list[_tasks.Task]:
     """Load every task of ``config`` (raises TaskError / FileNotFoundError naming the problem)."""
     loaded = []
     for spec in config.tasks:
+        # Task files on s3:// (or any remote filesystem) are small: read local copies.
+        source = (str(fetch(spec.source)) if isinstance(spec.source, str)
+                  else [str(fetch(str(p))) for p in spec.source])
         loaded.append(
             _tasks.load_task(
-                spec.source if isinstance(spec.source, str) else list(spec.source),
+                source,
                 smiles_column=spec.smiles_column or config.smiles_column,
                 label_columns=spec.label_columns or config.label_columns,
                 split=spec.split or config.split,
@@ -600,6 +607,11 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
 
     started = time.perf_counter()
     config.validate()
+    if is_remote(config.out):  # write the report locally, copy it there after each task
+        publish_to = config.out
+        config = replace(config, out=str(staging_dir(config.out)))
+    else:
+        publish_to = None
     read_model_config(config.model)  # a bad model dir fails before any task is read
     t0 = time.perf_counter()
     loaded = load_tasks(config)
@@ -651,8 +663,12 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
         details["seconds"] = round(time.perf_counter() - started, 1)
         if i + 1 < len(loaded):  # a long benchmark keeps what it has if a later task fails
             _write_outputs(config, results, details, partial=True)
+            if publish_to:
+                upload_tree(config.out, publish_to)
     files, doc = _write_outputs(config, results, details)
-    log(f"evaluate: wrote {config.out}/ ({len(files)} files) in {details['seconds']:.0f} s")
+    if publish_to:
+        upload_tree(config.out, publish_to)
+    log(f"evaluate: wrote {publish_to or config.out}/ ({len(files)} files) in {details['seconds']:.0f} s")
     return EvaluateResult(Path(config.out), files, results, doc, details, details["seconds"])
 
 

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from dmf_ray import __version__, fsutil
-from dmf_ray.model_uri import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, is_remote, mirror_files, publish_model,
+from dmf_ray.remote import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, is_remote, mirror_files, publish_model,
                                staging_dir, upload_file)
 from dmf_ray.model import (
     MASK_SCHEDULE_KINDS,

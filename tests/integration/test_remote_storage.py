@@ -19,7 +19,7 @@ import requests
 from dmf_ray.cli import main as dmf
 from dmf_ray.featurize import featurize
 from dmf_ray.inference import FusionEmbedder
-from dmf_ray.model_uri import local_model_dir
+from dmf_ray.remote import local_model_dir
 from dmf_ray.store import EmbeddingStore
 from dmf_ray.train import TRAIN_DIR, TrainConfig, train
 
@@ -124,6 +124,32 @@ def test_store_model_and_embeddings_live_on_s3(s3, library, tmp_path, monkeypatc
     finally:
         serve.delete("dmf-s3")
         serve.shutdown()
+
+
+def test_evaluate_reads_a_task_and_writes_its_report_on_s3(s3, library, tmp_path, monkeypatch):
+    """A model on S3 (a random-weights one here), task files on S3, the report written to S3."""
+    from dmf_ray.random_model import save_random_model
+    from dmf_ray.remote import publish_model
+
+    uri, fs = s3
+    monkeypatch.setenv("DMF_RAY_CACHE", str(tmp_path / "cache"))
+    smiles = [line.split()[0] for line in library.read_text().splitlines()[:240]]
+    local_model = save_random_model(tmp_path / "model", smiles[:100], NAMES, latent_dim=16)
+    publish_model(local_model, uri("models/random"))
+    for split, part in (("train", smiles[:120]), ("valid", smiles[120:180]), ("test", smiles[180:240])):
+        rows = "".join(f"{s},{int('N' in s)}\n" for s in part)
+        with fs.open_output_stream(f"dmf-test/tasks/nitrogen/{split}.csv") as f:
+            f.write(("smiles,y\n" + rows).encode())
+
+    code = dmf(["evaluate", "--model", uri("models/random"), "--task", uri("tasks/nitrogen"), "--label", "y",
+                "--out", uri("reports/r1"), "--seeds", "1", "--robustness", "none", "--n-estimators", "20"])
+    assert code == 0
+    with fs.open_input_stream("dmf-test/reports/r1/summary.json") as f:
+        summary = json.loads(f.read())
+    assert list(summary["tasks"]) == ["nitrogen"]  # the task is named after its S3 folder
+    assert set(summary["tasks"]["nitrogen"]["rows"]) == {"ecfp", "maccs", "ecfp+maccs", "fusion"}
+    listed = {i.base_name for i in fs.get_file_info(pafs.FileSelector("dmf-test/reports/r1", recursive=True))}
+    assert "report.md" in listed
 
 
 def test_a_missing_remote_model_is_one_clear_error(s3, capsys):

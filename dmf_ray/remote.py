@@ -1,4 +1,6 @@
-"""Model directories at URIs: s3://, gs://, any filesystem pyarrow supports.
+"""Local copies of remote files (s3://, gs://, any filesystem pyarrow supports): model
+directories, task files, report folders. Stores and inputs need none of this: they are read and
+written through pyarrow directly.
 
 A model directory is two small files (config.json, model.safetensors; metrics.jsonl beside them).
 Readers (embed actors, Serve replicas, evaluate) fetch a remote model into a local cache on their
@@ -19,6 +21,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from dmf_ray import fsutil
 
@@ -112,6 +116,39 @@ def delete_files(uri: str, names: list[str]) -> None:
             fs.delete_file(fsutil.join(root, name))
 
 
+def fetch(uri: str) -> Path:
+    """A local copy of a remote file or folder (small ones: task CSVs), keeping its base name;
+    local paths are returned as they are."""
+    if not is_remote(uri):
+        return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    fs, root = fsutil.resolve(uri)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri}: no such file or folder")
+    target = cache_root() / "fetched" / hashlib.sha256(uri.encode()).hexdigest()[:32] / info.base_name
+    if info.type == pafs.FileType.File:
+        _copy_down(fs, root, target)
+        return target
+    for item in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if item.type == pafs.FileType.File:
+            _copy_down(fs, item.path, target / item.path[len(root):].lstrip("/"))
+    return target
+
+
+def _copy_down(fs, remote_path: str, local: Path) -> None:
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(remote_path) as source, open(local, "wb") as out:
+        shutil.copyfileobj(source, out, length=1 << 20)
+
+
+def upload_tree(local_dir: str | os.PathLike, uri: str) -> None:
+    """Copy every file under ``local_dir`` to the same relative path under ``uri``."""
+    fs, root = fsutil.resolve(uri)
+    base = Path(local_dir)
+    for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        upload_file(path, fs, fsutil.join(root, *path.relative_to(base).parts))
+
+
 def upload_file(path: Path, fs, remote_path: str) -> None:
     fs.create_dir(remote_path.rsplit("/", 1)[0], recursive=True)
     with open(path, "rb") as source, fs.open_output_stream(remote_path) as out:
@@ -120,8 +157,7 @@ def upload_file(path: Path, fs, remote_path: str) -> None:
 
 def _download(fs, remote_path: str, path: Path, uri: str) -> None:
     try:
-        with fs.open_input_stream(remote_path) as source, open(path, "wb") as out:
-            shutil.copyfileobj(source, out, length=1 << 20)
+        _copy_down(fs, remote_path, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri} has a {CONFIG_FILE} but no {WEIGHTS_FILE}") from None
 
