@@ -87,7 +87,8 @@ def plain_loop(store_uri: str, config, threads: int, device: str) -> list[float]
 
     from dmf_ray.model import DynamicFusion
     from dmf_ray.store import EmbeddingStore
-    from dmf_ray.train import batch_moments, make_optimizer, scale_of, train_step, validation_mask
+    from dmf_ray.training.data import batch_moments, scale_of, validation_mask
+    from dmf_ray.training.step import make_optimizer, train_step
 
     store = EmbeddingStore.open(store_uri)
     names = config.modalities or list(store.modalities)

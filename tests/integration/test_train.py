@@ -18,17 +18,9 @@ from dmf_ray.featurize import featurize
 from dmf_ray.inference import FusionEmbedder, fuse_arrays
 from dmf_ray.model import DynamicFusion, FusionConfig
 from dmf_ray.store import EmbeddingStore
-from dmf_ray.train import (
-    CHECKPOINT_STATE,
-    CHECKPOINT_WEIGHTS,
-    METRICS_FILE,
-    TRAIN_DIR,
-    TrainConfig,
-    TrainingError,
-    read_metrics_file,
-    train,
-    validation_mask,
-)
+from dmf_ray.train import METRICS_FILE, TRAIN_DIR, TrainConfig, TrainingError, read_metrics_file, train
+from dmf_ray.training.data import validation_mask
+from dmf_ray.training.worker import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""dmf_ray.train without Ray: one training step, validation sums, config and arguments."""
+"""dmf_ray.training without Ray: one training step, validation sums, config and arguments."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from dmf_ray.model import DynamicFusion, FusionConfig
-from dmf_ray.train import (
-    TrainConfig,
-    add_train_arguments,
-    config_from_args,
-    format_metrics,
-    read_metrics_file,
-    train_step,
-    validation_sums,
-    write_metrics_file,
-)
+from dmf_ray.train import TrainConfig, add_train_arguments, config_from_args, read_metrics_file
+from dmf_ray.training.step import train_step, validation_sums
+from dmf_ray.training.worker import format_metrics, write_metrics_file
 
 DIMS = [6, 8, 5]
 NAMES = ["a", "b", "c"]
@@ -125,7 +118,7 @@ def test_metrics_file_round_trip_and_progress_line(tmp_path):
 
 
 def test_a_cached_shard_yields_every_row_once_per_epoch_in_a_new_order():
-    from dmf_ray.train import _cached_batches
+    from dmf_ray.training.worker import _cached_batches
 
     cached = {"a": torch.arange(10.0)[:, None], "present": torch.ones(10, 1, dtype=torch.bool)}
     generator = torch.Generator().manual_seed(0)

@@ -1,0 +1,1 @@
+"""The pieces of ``dmf_ray.train``: settings, data, the training step, the worker loop."""
