@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dmf_ray.encoders import create_encoder
-from dmf_ray.evaluate import EvaluateConfig, TaskSpec, _row_cosine, featurize_smiles
+from dmf_ray.evaluate import EvaluateConfig, TaskSpec, _row_cosine
+from dmf_ray.evaluation.features import featurize_smiles
 from dmf_ray.evaluation.downstream import fit_and_score
 
 SPECS = {m: create_encoder(m).spec() for m in ("ecfp", "maccs", "rdkit2d")}
