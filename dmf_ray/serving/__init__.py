@@ -1,0 +1,1 @@
+"""The pieces of ``dmf_ray.serve``: typed app arguments and the HTTP API's bodies."""
