@@ -89,10 +89,10 @@ STATUS_SCHEMA = pa.schema([("shard", pa.string()), ("modality", pa.string()), ("
 
 
 class _ParseStage:
-    """Parses whole shards (one block = one shard), writes their molecules and failures, and runs
-    the inline encoders on the parsed molecules, writing and committing each (shard, modality) in
-    one file. Emits the molecules the pooled encoders still need or, when there are none, one
-    status row per inline (shard, modality) for the driver's progress."""
+    """Parses whole shards (a shard is one row, so it is never split), writes their molecules and
+    failures, and runs the inline encoders on the parsed molecules, writing and committing each
+    (shard, modality) in one file. Emits the molecules the pooled encoders still need or, when
+    there are none, one status row per inline (shard, modality) for the driver's progress."""
 
     def __init__(self, store_uri: str, specs: dict[str, dict[str, Any]], inline: list[str],
                  known_ids: dict[str, np.ndarray], inputs_done: set[str], modality_done: dict[str, set[str]]):
