@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from dmf_ray import fsutil
 from dmf_ray.evaluation import downstream as _downstream
 from dmf_ray.evaluation import metrics as _metrics
 from dmf_ray.evaluation import report as _report
@@ -468,7 +469,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
     specs = {m: card["modalities"][m] for m in mods}
     corpus = training_corpus(card)
     corpus_ids, corpus_note = _corpus_ids(corpus.get("store"))
-    log(f"evaluate: model {config.model}: modalities {', '.join(mods)}, latent {model.config.latent_dim}; "
+    log(f"evaluate: model {fsutil.redact(config.model)}: modalities {', '.join(mods)}, latent {model.config.latent_dim}; "
         f"trained on {corpus_note}")
 
     all_smiles = [s for t in loaded for split in SPLITS for s in t.smiles[split]]
@@ -480,7 +481,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
 
     details = {
         "model": {
-            "dir": str(config.model),
+            "dir": fsutil.redact(str(config.model)),
             "modalities": mods,
             "latent_dim": model.config.latent_dim,
             "encoders": specs,
@@ -512,7 +513,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
     files, doc = _write_outputs(config, results, details)
     if publish_to:
         upload_tree(config.out, publish_to)
-    log(f"evaluate: wrote {publish_to or config.out}/ ({len(files)} files) in {details['seconds']:.0f} s")
+    log(f"evaluate: wrote {fsutil.redact(publish_to or config.out)}/ ({len(files)} files) in {details['seconds']:.0f} s")
     return EvaluateResult(Path(config.out), files, results, doc, details, details["seconds"])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from typing import Any
 
@@ -26,6 +27,12 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
+
+
+def redact(uri: str) -> str:
+    """``uri`` without credentials (s3://KEY:SECRET@bucket/... -> s3://***@bucket/...), for
+    anything logged, shown or recorded in a store, a model card or a report."""
+    return re.sub(r"^([A-Za-z][\w+.-]*://)[^/@]+@", r"\1***@", uri)
 
 
 def join_uri(uri: str, *parts: str) -> str:

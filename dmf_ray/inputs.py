@@ -172,7 +172,8 @@ def read_chunks(file: InputFile, chunk_rows: int, skip: set[str] = frozenset()) 
     fs, path = fsutil.resolve(file.uri)
     records = _smi_records(fs, path) if file.format == "smi" else _table_records(fs, file, path)
     index = 0
-    chunk = RawChunk(file.chunk_key(0), file.uri, [], [], [])
+    source = fsutil.redact(file.uri)  # recorded in the store and in outputs
+    chunk = RawChunk(file.chunk_key(0), source, [], [], [])
     for row, smiles, source_id in records:
         chunk.rows.append(row)
         chunk.smiles.append(smiles)
@@ -181,7 +182,7 @@ def read_chunks(file: InputFile, chunk_rows: int, skip: set[str] = frozenset()) 
             if chunk.shard not in skip:
                 yield chunk
             index += 1
-            chunk = RawChunk(file.chunk_key(index), file.uri, [], [], [])
+            chunk = RawChunk(file.chunk_key(index), source, [], [], [])
     if chunk.rows and chunk.shard not in skip:
         yield chunk
 

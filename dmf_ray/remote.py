@@ -46,17 +46,15 @@ def local_model_dir(uri: str | os.PathLike) -> Path:
     """A local directory holding the model at ``uri``: the path itself when local, else a
     verified copy in the cache (fetched once per node and model version)."""
     text = str(uri)
-    if text.startswith("file://"):
-        return Path(text[len("file://"):])
     if not is_remote(text):
-        return Path(text)
+        return fetch(text)  # the local path itself
     fs, root = fsutil.resolve(text)
     config_path = fsutil.join(root, CONFIG_FILE)
     try:
         with fs.open_input_stream(config_path) as stream:
             config_bytes = stream.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{text} is not a dmf_ray model directory: {CONFIG_FILE} not found there") from None
+        raise FileNotFoundError(f"{fsutil.redact(text)} is not a dmf_ray model directory: {CONFIG_FILE} not found there") from None
     target = cache_root() / "models" / hashlib.sha256(config_bytes).hexdigest()[:32]
     if (target / CONFIG_FILE).is_file():
         return target
@@ -66,7 +64,7 @@ def local_model_dir(uri: str | os.PathLike) -> Path:
         _download(fs, fsutil.join(root, WEIGHTS_FILE), staging / WEIGHTS_FILE, text)
         expected = json.loads(config_bytes).get("weights_sha256")
         if expected is not None and sha256_file(staging / WEIGHTS_FILE) != expected:
-            raise ValueError(f"{text}/{WEIGHTS_FILE} does not match the sha256 in its {CONFIG_FILE} "
+            raise ValueError(f"{fsutil.redact(text)}/{WEIGHTS_FILE} does not match the sha256 in its {CONFIG_FILE} "
                              f"(the model is being replaced; retry)")
         (staging / CONFIG_FILE).write_bytes(config_bytes)
         try:
@@ -124,7 +122,7 @@ def fetch(uri: str) -> Path:
     fs, root = fsutil.resolve(uri)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"{uri}: no such file or folder")
+        raise FileNotFoundError(f"{fsutil.redact(uri)}: no such file or folder")
     target = cache_root() / "fetched" / hashlib.sha256(uri.encode()).hexdigest()[:32] / info.base_name
     if info.type == pafs.FileType.File:
         _copy_down(fs, root, target)
@@ -159,7 +157,7 @@ def _download(fs, remote_path: str, path: Path, uri: str) -> None:
     try:
         _copy_down(fs, remote_path, path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{uri} has a {CONFIG_FILE} but no {WEIGHTS_FILE}") from None
+        raise FileNotFoundError(f"{fsutil.redact(uri)} has a {CONFIG_FILE} but no {WEIGHTS_FILE}") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -50,7 +50,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
-from dmf_ray import __version__
+from dmf_ray import __version__, fsutil
 from dmf_ray.artifact import load_fusion_model, read_model_config
 from dmf_ray.encoders import EncodedBatch, encoder_from_spec
 from dmf_ray.inference import FusedBatch, choose_modalities, fill_results, fuse_arrays, merge_encoded, parse_inputs
@@ -369,7 +369,7 @@ def describe_model(card: dict, args: ServeArgs, groups: dict[str, list[str]]) ->
     modalities = list(fusion["modalities"])
     specs = card.get("modalities", {})
     return {
-        "model_dir": args.model_dir,
+        "model_dir": fsutil.redact(args.model_dir),
         "modalities": modalities,
         "dims": dict(zip(modalities, fusion["dims"])),
         "latent_dim": fusion.get("latent_dim"),

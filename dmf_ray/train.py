@@ -73,7 +73,7 @@ def _fingerprint(config: TrainConfig, store, names: list[str]) -> dict[str, Any]
 
     settings = {k: v for k, v in config.public_dict().items() if k not in _OPERATIONAL}
     settings["modalities"] = list(names)
-    settings["store"] = _absolute(config.store)
+    settings["store"] = fsutil.redact(_absolute(config.store))
     shards = {n: sorted(store.committed_keys(modality_table(n))) for n in names}
     digest = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()[:16]
     return {"settings": settings, "store_shards": digest}
@@ -184,7 +184,7 @@ def _stage_remote_out(config: TrainConfig, log: Callable[[str], None]) -> TrainC
         delete_files(config.out, remote_files)
     mirror_files(config.out, stage, remote_files)
     storage = config.storage_path or fsutil.join_uri(config.out, TRAIN_DIR)
-    log(f"out is remote: staging in {stage}, checkpoints in {storage}")
+    log(f"out is remote: staging in {stage}, checkpoints in {fsutil.redact(storage)}")
     return replace(config, out=str(stage), storage_path=storage,
                    _publish_to=config.out)
 
@@ -222,6 +222,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     if is_remote(config.out):
         config = _stage_remote_out(config, log)
     published = config._publish_to or config.out
+    shown = fsutil.redact(published)  # for logs and the card: no credentials
     published_metrics = fsutil.join_uri(published, METRICS_FILE) if config._publish_to else None
     store = EmbeddingStore.open(config.store)
     names = _resolve_modalities(store, config.modalities)
@@ -235,7 +236,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     status = _prepare_out_dir(config, fingerprint)
     if status == "complete":
         card = read_model_config(out)
-        log(f"{published} already holds this model (trained {card['training'].get('epochs')} epochs); nothing to do "
+        log(f"{shown} already holds this model (trained {card['training'].get('epochs')} epochs); nothing to do "
             f"(pass fresh/--overwrite to retrain)")
         return TrainResult(published, card.get("metrics", {}), 0, config.epochs, config.epochs, [], True,
                            int(card["training"].get("n_train", 0)), int(card["training"].get("n_valid", 0)),
@@ -349,8 +350,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         "modalities": {n: dict(store.modalities[n]) for n in names},
         "training": {
             **config.public_dict(),
-            "store": _absolute(config.store),
-            "out": _absolute(published),
+            "store": fsutil.redact(_absolute(config.store)),
+            "out": fsutil.redact(_absolute(published)),
+            "storage_path": fsutil.redact(config.storage_path) if config.storage_path else None,
             "modalities": names,
             "n_train": int(n_train),
             "n_valid": int(n_valid),
@@ -370,7 +372,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     if config._publish_to:
         publish_model(out, config._publish_to)
     final = history[-1] if history else {}
-    log(f"model written to {published} ({config.epochs} epochs, {epochs_run} in this run"
+    log(f"model written to {shown} ({config.epochs} epochs, {epochs_run} in this run"
         f"{f', resumed from epoch {resumed_from}' if resumed_from else ''}"
         f"{f', worker restarts at epochs {restarts}' if restarts else ''}); final: "
         f"{format_metrics(final, names) if final else 'no metrics'}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -59,30 +60,57 @@ def same_work_loop_rate(smiles: list[str], encoders: list[str]) -> float:
     return len(smiles) / (time.perf_counter() - start)
 
 
-class PeakMemory:
-    """Samples the summed proportional memory (PSS: shared pages split between their users, so
-    the object store is counted once) of this process and its descendants, which for a local
-    Ray are the GCS, the raylet and every worker."""
+class ProcessSampler:
+    """Samples this process and its descendants (for a local Ray: the GCS, the raylet and every
+    worker) once a second: the peak of their summed proportional memory (PSS: shared pages split
+    between their users, so the object store is counted once), the peak PSS of each process
+    kind, and the CPU seconds each kind used (where the two cores went)."""
 
     def __init__(self, interval_s: float = 1.0):
         self.interval_s = interval_s
         self.peak = 0
+        self.peak_by_kind: dict[str, int] = {}
+        self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, cpu s at first sample, at last)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    @staticmethod
+    def _kind(proc: psutil.Process) -> str:
+        if proc.pid == os.getpid():
+            return "driver"
+        name = proc.name()
+        if name.startswith("ray::"):  # ray::MapWorker(MapBatches(_ParseStage)).submit, ray::IDLE, ...
+            inner = re.findall(r"(\w+)\)", name)
+            return inner[-1] if inner else name[len("ray::"):].split(".")[0]
+        return name
+
+    def _sample(self) -> None:
         me = psutil.Process(os.getpid())
-        total = 0
+        total, by_kind = 0, {}
         for proc in [me, *me.children(recursive=True)]:
             try:
-                total += proc.memory_full_info().pss
+                kind = self._kind(proc)
+                pss = proc.memory_full_info().pss
+                times = proc.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return total
+            total += pss
+            by_kind[kind] = by_kind.get(kind, 0) + pss
+            first = self._cpu.get(proc.pid, (kind, times.user + times.system, 0.0))[1]
+            self._cpu[proc.pid] = (kind, first, times.user + times.system)
+        self.peak = max(self.peak, total)
+        for kind, pss in by_kind.items():
+            self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), pss)
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for kind, first, last in self._cpu.values():
+            out[kind] = out.get(kind, 0.0) + last - first
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            self._sample()
             self._stop.wait(self.interval_s)
 
     def __enter__(self):
@@ -100,6 +128,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="SMILES file (.csv.gz with SMILES first, or .smi)")
     parser.add_argument("--loop-n", type=int, default=20_000, help="molecules for the plain-loop baseline")
     parser.add_argument("--encoders", default="ecfp")
+    parser.add_argument("--shard-rows", type=int, default=None, help="rows per shard of the new store (default: dmf's)")
     parser.add_argument("--workdir", default=None, help="where to put the input copy and the store (default: a temp dir)")
     args = parser.parse_args()
 
@@ -124,9 +153,10 @@ def main() -> None:
     same_work_rate = same_work_loop_rate(smiles[: args.loop_n], args.encoders.split(","))
     ensure_ray()
     cpus, _ = cluster_resources()
-    with PeakMemory() as memory:
+    with ProcessSampler() as memory:
         start = time.perf_counter()
-        result = featurize([str(library)], str(store), args.encoders.split(","), log=lambda m: print(m, flush=True))
+        result = featurize([str(library)], str(store), args.encoders.split(","), shard_rows=args.shard_rows,
+                           log=lambda m: print(m, flush=True))
         seconds = time.perf_counter() - start
     info = EmbeddingStore.open(str(store)).info()
     rate = len(smiles) / seconds
@@ -150,6 +180,11 @@ def main() -> None:
           f"ratio vs {cpus:g} cores x same-work loop = {figures['ratio_vs_cores_x_same_work_loop']:.2f}")
     print(f"store: {figures['store_bytes_per_molecule']:.0f} bytes/molecule (target <= 300); "
           f"peak memory (PSS of driver + local Ray) {figures['peak_pss_gb']:.2f} GB")
+    top = list(memory.cpu_by_kind().items())[:6]
+    print("CPU seconds used during the run, by process: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in top))
+    print("peak PSS by process kind: " + ", ".join(
+        f"{k} {v / 1e9:.2f} GB" for k, v in sorted(memory.peak_by_kind.items(), key=lambda kv: -kv[1])[:6]))
     print("BENCH " + json.dumps(figures))
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -63,3 +63,11 @@ def test_missing_and_unsupported_files_are_named(tmp_path):
         discover_inputs([str(tmp_path / "x.sdf")])
     with pytest.raises(InputError, match="no input files"):
         discover_inputs([])
+
+
+def test_redact_drops_credentials_from_uris_only():
+    from dmf_ray.fsutil import redact
+
+    assert redact("s3://KEY:SECRET@bucket/a/b?region=x") == "s3://***@bucket/a/b?region=x"
+    assert redact("s3://bucket/a@b") == "s3://bucket/a@b"
+    assert redact("/data/lib@2.smi") == "/data/lib@2.smi"
