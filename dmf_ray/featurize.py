@@ -33,8 +33,9 @@ import pyarrow as pa
 from dmf_ray import fsutil
 from dmf_ray.encoders import DEFAULT_ENCODERS, Encoder, encoder_from_option, encoder_from_spec
 from dmf_ray.inputs import InputFile, discover_inputs, read_chunks
-from dmf_ray.molecules import InvalidSmilesError, Molecule, mol_from_bytes, mol_to_bytes, parse_many
+from dmf_ray.molecules import InvalidSmilesError, Molecule, iter_parsed, mol_from_bytes, mol_to_bytes
 from dmf_ray.store import (
+    DICTIONARY_COLUMNS,
     FAILURES_SCHEMA,
     INPUTS_TABLE,
     MOLECULES_SCHEMA,
@@ -72,6 +73,9 @@ def resolve_encoders(options: list[str] | tuple[str, ...]) -> dict[str, Encoder]
 # ---- stage 1: read ------------------------------------------------------------------------
 # A shard travels as ONE row (list columns), so no block boundary can ever cut it in two.
 SHARD_BLOCK_BYTES = 1 << 20
+# What a read task's worker holds (~135 MiB measured: the Python worker with pyarrow and one
+# shard); declared so Ray schedules it honestly and its memory detector has nothing to flag.
+READ_TASK_MEMORY = 192 << 20
 SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("source", pa.string()), ("rows", pa.list_(pa.int64())),
                           ("smiles", pa.list_(pa.string())), ("source_id", pa.list_(pa.string()))])
 
@@ -88,11 +92,37 @@ def _read_stage(batch: dict[str, np.ndarray], chunk_rows: int, skip: set[str]):
 STATUS_SCHEMA = pa.schema([("shard", pa.string()), ("modality", pa.string()), ("rows", pa.int64()), ("expected", pa.int64())])
 
 
+class _InlineModality:
+    """One inline encoder's vectors for one shard, filled a molecule at a time."""
+
+    def __init__(self, encoder: Encoder, capacity: int):
+        self.encoder = encoder
+        self.values = np.zeros((capacity, encoder.dim), dtype=encoder.dtype)
+        self.ids: list[str] = []
+        self.errors: list[str | None] = []
+
+    def add(self, molecule: Molecule) -> None:
+        self.errors.append(self.encoder.encode_into(molecule, self.values[len(self.ids)]))
+        self.ids.append(molecule.mol_id)
+
+
+def _is_known(sorted_ids: np.ndarray, mol_id: str) -> bool:
+    if not len(sorted_ids):
+        return False
+    key = mol_id.encode()
+    pos = int(sorted_ids.searchsorted(key))
+    return pos < len(sorted_ids) and sorted_ids[pos] == key
+
+
 class _ParseStage:
     """Parses whole shards (a shard is one row, so it is never split), writes their molecules and
-    failures, and runs the inline encoders on the parsed molecules, writing and committing each
-    (shard, modality) in one file. Emits the molecules the pooled encoders still need or, when
-    there are none, one status row per inline (shard, modality) for the driver's progress."""
+    failures, and runs the inline encoders on each molecule as soon as it is parsed (while it is
+    hot in the CPU cache), writing and committing each (shard, modality) in one file. Emits the
+    molecules the pooled encoders still need or, when there are none, one status row per inline
+    (shard, modality) for the driver's progress.
+
+    A modality needs a molecule when it is the shard's first occurrence of that molecule, the
+    store lacks it for that modality, and the (shard, modality) is not committed yet."""
 
     def __init__(self, store_uri: str, specs: dict[str, dict[str, Any]], inline: list[str],
                  known_ids: dict[str, np.ndarray], inputs_done: set[str], modality_done: dict[str, set[str]]):
@@ -113,85 +143,83 @@ class _ParseStage:
 
     def parse_shard(self, shard: str, source: str, rows: list[int], smiles: list[str | None],
                     source_id: list[str | None]) -> pa.Table:
-        molecules: list[Molecule] = []
-        keep_rows, failures = [], []
-        for i, (row, text, parsed) in enumerate(zip(rows, smiles, parse_many(smiles))):
+        open_names = [name for name in self.specs if shard not in self.modality_done[name]]
+        inline = {name: _InlineModality(self.inline[name], len(smiles)) for name in open_names if name in self.inline}
+        pooled = [name for name in open_names if name not in self.inline]
+        parsed_rows: list[tuple[int, str, str]] = []  # (index in shard, mol_id, canonical SMILES)
+        failures: list[tuple[int, str | None, str]] = []
+        to_pool: list[tuple[str, str, bytes, list[bool]]] = []  # molecules some pooled encoder needs
+        seen: set[str] = set()
+        for i, parsed in enumerate(iter_parsed(smiles)):
             if isinstance(parsed, InvalidSmilesError):
-                failures.append((row, text, parsed.reason))
-            else:
-                molecules.append(parsed)
-                keep_rows.append(i)
+                failures.append((rows[i], smiles[i], parsed.reason))
+                continue
+            # Keep the id and SMILES, not the molecule: it is freed after this iteration.
+            parsed_rows.append((i, parsed.mol_id, parsed.smiles))
+            if parsed.mol_id in seen:
+                continue
+            seen.add(parsed.mol_id)
+            for name, out in inline.items():
+                if not _is_known(self.known_ids[name], parsed.mol_id):
+                    out.add(parsed)
+            need = [not _is_known(self.known_ids[name], parsed.mol_id) for name in pooled]
+            if any(need):
+                to_pool.append((parsed.mol_id, parsed.smiles, mol_to_bytes(parsed.mol), need))
         if shard not in self.inputs_done:
-            self.write_inputs(shard, source, rows, source_id, keep_rows, molecules, failures)
-        unique, needs = self.needed(shard, molecules)
-        status = {name: self.encode_inline(shard, name, [unique[i] for i in np.flatnonzero(needs[name])])
-                  for name in self.inline if needs[name].any()}
+            self.write_inputs(shard, source, rows, source_id, parsed_rows, failures)
+        written = {name: self.write_inline(shard, name, out) for name, out in inline.items()}
+        expected = {name: sum(row[3][k] for row in to_pool) for k, name in enumerate(pooled)}
+        for name, count in {**written, **expected}.items():
+            if count == 0:  # nothing to add: the shard is complete for this modality
+                self.store.commit(modality_table(name), shard, {"rows": 0})
         if not self.pooled:
+            status = {name: count for name, count in written.items() if count}
             return pa.table({"shard": [shard] * len(status), "modality": list(status),
                              "rows": list(status.values()), "expected": list(status.values())}, schema=STATUS_SCHEMA)
-        return self.molecules_to_encode(shard, unique, needs)
+        return self.molecules_to_encode(shard, to_pool, pooled, expected)
 
-    def write_inputs(self, shard, source, rows, source_id, keep_rows, molecules, failures) -> None:
+    def write_inputs(self, shard: str, source: str, rows: list[int], source_id: list[str | None],
+                     parsed_rows: list[tuple[int, str, str]], failures: list[tuple[int, str | None, str]]) -> None:
         table = pa.table(
             {
-                "mol_id": pa.array([m.mol_id for m in molecules], pa.string()),
-                "smiles": pa.array([m.smiles for m in molecules], pa.string()),
-                "source": pa.array([source] * len(molecules), pa.string()),
-                "row": pa.array([rows[i] for i in keep_rows], pa.int64()),
-                "source_id": pa.array([source_id[i] for i in keep_rows], pa.string()),
+                "mol_id": pa.array([mol_id for _, mol_id, _ in parsed_rows], pa.string()),
+                "smiles": pa.array([smiles for _, _, smiles in parsed_rows], pa.string()),
+                "source": pa.array([source] * len(parsed_rows), pa.string()),
+                "row": pa.array([rows[i] for i, _, _ in parsed_rows], pa.int64()),
+                "source_id": pa.array([source_id[i] for i, _, _ in parsed_rows], pa.string()),
             },
             schema=MOLECULES_SCHEMA,
         )
-        fsutil.write_parquet(self.store.fs, self.store.molecules_path(shard), table)
+        fsutil.write_parquet(self.store.fs, self.store.molecules_path(shard), table, dictionary=DICTIONARY_COLUMNS)
         if failures:
             frows, finputs, freasons = zip(*failures)
             ftable = pa.table(
                 {"source": [source] * len(failures), "row": list(frows), "input": list(finputs), "reason": list(freasons)},
                 schema=FAILURES_SCHEMA,
             )
-            fsutil.write_parquet(self.store.fs, self.store.failures_path(shard), ftable)
-        record = {"source": source, "inputs": len(rows), "valid": len(molecules), "failed": len(failures)}
+            fsutil.write_parquet(self.store.fs, self.store.failures_path(shard), ftable, dictionary=DICTIONARY_COLUMNS)
+        record = {"source": source, "inputs": len(rows), "valid": len(parsed_rows), "failed": len(failures)}
         self.store.commit(INPUTS_TABLE, shard, record)
 
-    def needed(self, shard: str, molecules: list[Molecule]) -> tuple[list[Molecule], dict[str, np.ndarray]]:
-        """The shard's distinct molecules (first occurrence) and, per modality, which of them the
-        store lacks. A modality with nothing to add is committed for the shard right here."""
-        seen: dict[str, int] = {}
-        for i, m in enumerate(molecules):
-            seen.setdefault(m.mol_id, i)
-        unique = [molecules[i] for i in seen.values()]
-        ids = np.array([m.mol_id for m in unique], dtype=ID_DTYPE)
-        needs = {}
-        for name in self.specs:
-            if shard in self.modality_done[name]:
-                needs[name] = np.zeros(len(unique), dtype=bool)
-            else:
-                known = self.known_ids[name]
-                pos = np.searchsorted(known, ids)
-                found = (pos < len(known)) & (known[np.minimum(pos, len(known) - 1)] == ids) if len(known) else np.zeros(len(ids), bool)
-                needs[name] = ~found
-                if not needs[name].any():  # nothing to write: the shard is complete for it
-                    self.store.commit(modality_table(name), shard, {"rows": 0})
-        return unique, needs
+    def write_inline(self, shard: str, name: str, out: _InlineModality) -> int:
+        """Write and commit the shard's part of an inline modality; returns its row count."""
+        if out.ids:
+            _write_part(self.store, name, self.specs[name], shard, out.ids, out.values[: len(out.ids)], out.errors)
+            self.store.commit(modality_table(name), shard, {"rows": len(out.ids)})
+        return len(out.ids)
 
-    def encode_inline(self, shard: str, name: str, molecules: list[Molecule]) -> int:
-        encoded = self.inline[name].encode(molecules)
-        _write_part(self.store, name, self.specs[name], shard, [m.mol_id for m in molecules], encoded.values, encoded.errors)
-        self.store.commit(modality_table(name), shard, {"rows": len(molecules)})
-        return len(molecules)
-
-    def molecules_to_encode(self, shard: str, unique: list[Molecule], needs: dict[str, np.ndarray]) -> pa.Table:
-        wanted = np.logical_or.reduce([needs[n] for n in self.pooled])
-        index = np.flatnonzero(wanted)
+    def molecules_to_encode(self, shard: str, to_pool: list[tuple[str, str, bytes, list[bool]]], pooled: list[str],
+                            expected: dict[str, int]) -> pa.Table:
         columns: dict[str, Any] = {
-            "shard": pa.array([shard] * len(index), pa.string()),
-            "mol_id": pa.array([unique[i].mol_id for i in index], pa.string()),
-            "smiles": pa.array([unique[i].smiles for i in index], pa.string()),
-            "mol": pa.array([mol_to_bytes(unique[i].mol) for i in index], pa.binary()),
+            "shard": pa.array([shard] * len(to_pool), pa.string()),
+            "mol_id": pa.array([row[0] for row in to_pool], pa.string()),
+            "smiles": pa.array([row[1] for row in to_pool], pa.string()),
+            "mol": pa.array([row[2] for row in to_pool], pa.binary()),
         }
-        for name in self.pooled:
-            columns[f"need__{name}"] = pa.array(needs[name][index])
-            columns[f"expect__{name}"] = pa.array(np.full(len(index), int(needs[name].sum()), dtype=np.int64))
+        for name in self.pooled:  # a modality committed for this shard already needs nothing here
+            k = pooled.index(name) if name in pooled else None
+            columns[f"need__{name}"] = pa.array([k is not None and row[3][k] for row in to_pool], pa.bool_())
+            columns[f"expect__{name}"] = pa.array([expected.get(name, 0)] * len(to_pool), pa.int64())
         return pa.table(columns, schema=_encode_input_schema(self.pooled))
 
 
@@ -243,7 +271,8 @@ def _write_part(store: EmbeddingStore, name: str, spec: dict[str, Any], shard: s
     )
     # Named by content: a retried task rewrites the same file instead of adding one.
     digest = hashlib.blake2b("".join(ids).encode(), digest_size=8).hexdigest()
-    fsutil.write_parquet(store.fs, fsutil.join(store.modality_dir(name), f"{shard}--{digest}.parquet"), table)
+    fsutil.write_parquet(store.fs, fsutil.join(store.modality_dir(name), f"{shard}--{digest}.parquet"), table,
+                         dictionary=DICTIONARY_COLUMNS)
 
 
 def _write_stage(batch: dict[str, np.ndarray], store_uri: str, specs: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -325,8 +354,8 @@ def featurize(
     known = {n: _known_ids(store, n) for n in names}
 
     cpus, gpus = cluster_resources()
-    inline = [name for name, encoder in chosen.items() if encoder.inline]
-    pooled = {name: encoder for name, encoder in chosen.items() if not encoder.inline}
+    inline = [name for name, encoder in chosen.items() if encoder.runs_inline()]
+    pooled = {name: encoder for name, encoder in chosen.items() if name not in inline}
     actor_cpus = _actor_cpus(cpus, 1 + len(pooled))
     ds = ray.data.from_items([{"file": f.__dict__} for f in files])
     # Ray Data merges a stage's small outputs into blocks up to this size, and a block goes to one
@@ -334,7 +363,7 @@ def featurize(
     # At 1 MiB a shard (~1.5 MB per 20k SMILES) is a block of its own.
     ds.context.target_max_block_size = SHARD_BLOCK_BYTES
     ds = ds.map_batches(
-        _read_stage, batch_size=1, batch_format="numpy", num_cpus=0.05,
+        _read_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, memory=READ_TASK_MEMORY,
         fn_kwargs={"chunk_rows": store.shard_rows, "skip": skip},
     )
     ds = ds.map_batches(

@@ -67,9 +67,13 @@ def _atomic_write(fs: pafs.FileSystem, path: str, write) -> None:
         write(path)
 
 
-def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, dictionary: bool | list[str] = True) -> None:
+    """Atomic zstd Parquet file. ``dictionary``: the columns to dictionary-encode (all by
+    default); leave out columns whose values rarely repeat (ids, SMILES, vectors), where
+    dictionary encoding costs time for little size."""
     _atomic_write(fs, path, lambda p: pq.write_table(table, p, filesystem=fs, compression=PARQUET_COMPRESSION,
-                                                     compression_level=PARQUET_COMPRESSION_LEVEL))
+                                                     compression_level=PARQUET_COMPRESSION_LEVEL,
+                                                     use_dictionary=dictionary))
 
 
 def write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from rdkit import Chem, rdBase
@@ -74,23 +75,23 @@ def parse_smiles(smiles: str) -> Molecule:
     return Molecule(molecule_id(canonical), canonical, mol)
 
 
-def parse_many(smiles: list[str]) -> list[Molecule | InvalidSmilesError]:
-    """parse_smiles over a batch, each entry a Molecule or the error for that input. One error
-    capture for the whole batch (a capture per molecule costs ~10% of the parse); the rare
-    failures are parsed again alone for their reason."""
-    out: list[Molecule | InvalidSmilesError] = []
+def iter_parsed(smiles: Iterable[str | None]) -> Iterator[Molecule | InvalidSmilesError]:
+    """parse_smiles over many inputs, lazily: each a Molecule or the error for that input. One
+    RDKit error capture for them all (a capture per molecule costs ~10% of the parse); the rare
+    failures are parsed again alone for their reason. Lazy so that a caller can finish with each
+    molecule while it is still in the CPU cache: an RDKit molecule freed at once costs ~8 us,
+    20,000 of them freed together at the end of a batch ~36 us each."""
     with _capture_rdkit_errors():
         for text in smiles:
             mol = Chem.MolFromSmiles(text.strip()) if isinstance(text, str) and text.strip() else None
             if mol is None or mol.GetNumAtoms() == 0:
                 try:
-                    out.append(parse_smiles(text))
+                    yield parse_smiles(text)
                 except InvalidSmilesError as exc:
-                    out.append(exc)
+                    yield exc
                 continue
             canonical = Chem.MolToSmiles(mol)
-            out.append(Molecule(molecule_id(canonical), canonical, mol))
-    return out
+            yield Molecule(molecule_id(canonical), canonical, mol)
 
 
 def canonical_id(smiles: str) -> str:

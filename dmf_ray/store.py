@@ -41,6 +41,10 @@ MOLECULES_SCHEMA = pa.schema(
     [("mol_id", pa.string()), ("smiles", pa.string()), ("source", pa.string()), ("row", pa.int64()), ("source_id", pa.string())]
 )
 FAILURES_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.int64()), ("input", pa.string()), ("reason", pa.string())])
+# Columns whose values repeat within a file, so dictionary encoding pays; ids, SMILES and vectors
+# rarely repeat: dictionary-encoding them made writing a 20k-molecule ECFP part 1.6x slower
+# (480 vs 300 ms) for a file 20% smaller.
+DICTIONARY_COLUMNS = ["source", "error", "reason"]
 
 
 class StoreError(ValueError):
@@ -399,7 +403,7 @@ class EmbeddingStore:
             start += len(column)
             if drop.any():
                 table = pq.read_table(path, filesystem=self.fs, schema=modality_schema(spec["dtype"], spec["dim"]))
-                fsutil.write_parquet(self.fs, path, table.filter(pa.array(~drop)))
+                fsutil.write_parquet(self.fs, path, table.filter(pa.array(~drop)), dictionary=DICTIONARY_COLUMNS)
         return int(duplicated.sum())
 
 

@@ -31,6 +31,13 @@ class NoNitrogen(Encoder):
         return np.array([m.GetNumAtoms(), m.GetNumBonds(), m.GetRingInfo().NumRings()], dtype=np.float32)
 
 
+@register("test-no-nitrogen-inline")
+class NoNitrogenInline(NoNitrogen):
+    """The same failures from an inline encoder: run in the parse actors, a molecule at a time."""
+
+    inline = True
+
+
 @register("test-crash")
 class CrashWhenArmed(Encoder):
     """Crashes the whole batch (and so the run) on a chlorine-containing molecule while the

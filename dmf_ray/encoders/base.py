@@ -52,8 +52,9 @@ class Encoder:
     description: ClassVar[str] = ""
     # True for cheap CPU encoders that need only the RDKit molecule: featurize runs them in the
     # parse actors on the molecules just parsed, which saves serialising every molecule to the
-    # next actor pool and back (for ECFP that hop costs more than the fingerprint). False (the
-    # default, and right for models and plugins) gives the encoder an actor pool of its own.
+    # next actor pool and back (for ECFP that hop costs more than the fingerprint), one molecule
+    # at a time through ``encode_one``. False (the default, and right for models and plugins)
+    # gives the encoder an actor pool of its own.
     inline: ClassVar[bool] = False
 
     def __init__(self, **args: Any):
@@ -71,16 +72,27 @@ class Encoder:
     def encode_one(self, molecule: Molecule) -> np.ndarray:
         raise NotImplementedError
 
+    def encode_into(self, molecule: Molecule, row: np.ndarray) -> str | None:
+        """Encode one molecule into ``row`` (a zeroed row of a batch). Returns None, or the
+        reason it failed, the row then left zero: one molecule's failure never fails a batch."""
+        try:
+            row[...] = self.encode_one(molecule)
+        except Exception as exc:  # a descriptor blowing up on one odd molecule
+            row[...] = 0
+            return f"{self.name}: {type(exc).__name__}: {exc}"
+        return None
+
     def encode(self, molecules: list[Molecule]) -> EncodedBatch:
         """Encode a batch; one molecule's failure never fails the batch."""
         values = np.zeros((len(molecules), self.dim), dtype=self.dtype)
-        errors: list[str | None] = [None] * len(molecules)
-        for i, molecule in enumerate(molecules):
-            try:
-                values[i] = self.encode_one(molecule)
-            except Exception as exc:  # a descriptor blowing up on one odd molecule
-                errors[i] = f"{self.name}: {type(exc).__name__}: {exc}"
+        errors = [self.encode_into(molecule, values[i]) for i, molecule in enumerate(molecules)]
         return EncodedBatch(values, errors)
+
+    def runs_inline(self) -> bool:
+        """Whether featurize runs this encoder in its parse actors, one molecule at a time
+        (through ``encode_one``) as each is parsed: only for ``inline`` encoders that kept the
+        per-molecule ``encode``, since a batched ``encode`` would be bypassed there."""
+        return self.inline and type(self).encode is Encoder.encode
 
     def resources(self) -> dict[str, float]:
         return {"num_cpus": 1.0, "num_gpus": float(self.num_gpus)}

@@ -36,7 +36,8 @@ def test_every_input_row_is_stored_or_a_recorded_failure(ray_session, tmp_path):
     rows = VALID + INVALID + ["OCC", "C(O)C"]  # two more spellings of ethanol
     src = write_smi(tmp_path / "lib.smi", rows)
     store = str(tmp_path / "store")
-    result = featurize([src], store, ["ecfp", "maccs", "test-no-nitrogen"], shard_rows=7, log=lambda m: None)
+    result = featurize([src], store, ["ecfp", "maccs", "test-no-nitrogen", "test-no-nitrogen-inline"], shard_rows=7,
+                       log=lambda m: None)
     info = read_info(store)
     assert info["inputs"] == len(rows) == info["stored_rows"] + info["failed"]
     assert info["failed"] == len(INVALID) and result.failed == len(INVALID)
@@ -47,12 +48,14 @@ def test_every_input_row_is_stored_or_a_recorded_failure(ray_session, tmp_path):
     by_input = {f["input"]: f for f in failures}
     assert by_input["C1CC"]["row"] == len(VALID) + 1 and "unclosed ring" in by_input["C1CC"]["reason"]
 
-    # The failing encoder leaves its modality absent for nitrogen molecules only, with a reason.
+    # A failing encoder, pooled or inline, leaves its modality absent for nitrogen molecules
+    # only, with a reason.
     nitrogen = [s for s in VALID if "N" in s.replace("Cl", "").upper().replace("C", "")]
-    modality = info["modalities"]["test-no-nitrogen"]
-    assert modality["failed"] == len(nitrogen) and modality["count"] == len(VALID) - len(nitrogen)
-    table = EmbeddingStore.open(store).modality_table("test-no-nitrogen").to_pylist()
-    assert {r["error"] for r in table if r["embedding"] is None} == {"test-no-nitrogen: ValueError: refuses nitrogen"}
+    for name in ("test-no-nitrogen", "test-no-nitrogen-inline"):
+        modality = info["modalities"][name]
+        assert modality["failed"] == len(nitrogen) and modality["count"] == len(VALID) - len(nitrogen), name
+        table = EmbeddingStore.open(store).modality_table(name).to_pylist()
+        assert {r["error"] for r in table if r["embedding"] is None} == {f"{name}: ValueError: refuses nitrogen"}
     assert info["modalities"]["ecfp"]["count"] == len(VALID)
 
     # Every modality table holds each molecule at most once.

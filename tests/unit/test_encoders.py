@@ -77,6 +77,19 @@ def test_one_failing_molecule_does_not_fail_the_batch():
     assert (batch.values[2] == 0).all()
 
 
+def test_only_per_molecule_inline_encoders_run_inline():
+    # featurize runs inline encoders a molecule at a time through encode_one, which would
+    # bypass a batched encode: such an encoder keeps its own actor pool.
+    class Batched(base.Encoder):
+        inline = True
+
+        def encode(self, molecules):
+            return super().encode(molecules)
+
+    assert create_encoder("ecfp").runs_inline() and create_encoder("rdkit2d").runs_inline()
+    assert not Batched().runs_inline()
+
+
 def test_third_party_encoder_registers_through_entry_point(tmp_path, monkeypatch):
     # A real installed-distribution layout (dist-info with entry_points.txt) on sys.path.
     (tmp_path / "dmf_plugin_demo.py").write_text(

@@ -1,6 +1,16 @@
 import pytest
 
-from dmf_ray.molecules import ID_LENGTH, InvalidSmilesError, canonical_id, mol_from_bytes, mol_to_bytes, parse_smiles, to_selfies
+from dmf_ray.molecules import (
+    ID_LENGTH,
+    InvalidSmilesError,
+    Molecule,
+    canonical_id,
+    iter_parsed,
+    mol_from_bytes,
+    mol_to_bytes,
+    parse_smiles,
+    to_selfies,
+)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +50,14 @@ def test_invalid_smiles_error_names_input_and_rdkit_reason(smiles, reason):
     assert reason.lower() in str(info.value).lower()
     if smiles.strip():
         assert repr(smiles) in str(info.value)
+
+
+def test_iter_parsed_gives_each_input_its_molecule_or_its_reason():
+    inputs = ["OCC", "C1CC", None, "c1ccccc1", "C(C)(C)(C)(C)C"]
+    out = list(iter_parsed(inputs))
+    assert [type(x) for x in out] == [Molecule, InvalidSmilesError, InvalidSmilesError, Molecule, InvalidSmilesError]
+    assert out[0].mol_id == canonical_id("CCO") and out[0].smiles == "CCO"
+    assert "unclosed ring" in out[1].reason and out[2].reason == "empty SMILES" and "valence" in out[4].reason.lower()
 
 
 def test_binary_round_trip_keeps_the_molecule():
