@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)  # validates every field before Ray starts
     EmbeddingStore.open(config.store)
-    ensure_ray(args.num_cpus)
+    ensure_ray(args.num_cpus, dashboard=True)
     result = train(config, log=_log)
     _log(f"model: {result.model_dir} (epochs {result.epochs_run}/{result.epochs_total}; metrics in {result.metrics_file})")
     return 0
@@ -155,7 +155,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     if not os.path.exists(sample):
         raise CliError(f"RDKit's sample file is missing: {sample}")
     store, model, fused = (os.path.join(args.out, name) for name in ("store", "model", "fused.parquet"))
-    ensure_ray(args.num_cpus)
+    ensure_ray(args.num_cpus, dashboard=True)  # it trains
 
     _log(f"[1/3] featurize {sample} (shipped with RDKit) with {', '.join(DEFAULT_ENCODERS)} -> {store}")
     result = featurize([sample], store, DEFAULT_ENCODERS, log=_log)

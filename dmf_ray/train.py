@@ -248,8 +248,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         else:
             log(f"resuming the interrupted run in {out / TRAIN_DIR}")
 
-    ensure_ray()
+    ensure_ray(dashboard=True)
     data = load_training_data(store, names, config)
+    for dataset in (data.train, data.valid):
+        if dataset is not None:  # every epoch re-reads them: progress bars would only add noise
+            dataset.context.enable_progress_bars = False
     n_train, n_valid, mode = data.n_train, data.n_valid, data.mode
     world = max(config.workers, 1)
     if n_train + n_valid == 0:

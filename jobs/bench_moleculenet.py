@@ -109,7 +109,7 @@ def pretrain(args, work: Path, timings: dict) -> str:
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     corpus = corpus_file(args, work)
     store = str(work / "store")
-    ensure_ray(args.num_cpus)
+    ensure_ray(args.num_cpus, dashboard=True)  # it trains
     t0 = time.perf_counter()
     result = featurize([str(corpus)], store, encoders, log=log)
     timings["featurize_corpus_s"] = round(time.perf_counter() - t0, 1)

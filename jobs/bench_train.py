@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from dmf_ray.runtime import cluster_resources, ensure_ray
     from dmf_ray.train import TrainConfig, read_metrics_file, train
 
-    ensure_ray()
+    ensure_ray(dashboard=True)  # Ray Train
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # no 10-s progress tables in the output
