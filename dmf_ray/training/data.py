@@ -10,11 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from dmf_ray.store import IN_MEMORY_JOIN_MAX_BYTES
 from dmf_ray.training.config import TrainConfig
 
-# "auto" loading reads the store on the driver below this many dense float32 bytes: the Ray Data
-# join costs 15-25 s of fixed overhead on 2 cores even for 5k molecules, read_numpy 0.1 s.
-DRIVER_LOAD_MAX_BYTES = 2 << 30
 _SPLIT_PERSON = b"dmf-valsplit"  # blake2b personalisation: the split is independent of mol_id's own hash
 
 
@@ -114,17 +112,6 @@ def dataset_moments(ds, modalities: list[str], dims: list[int]) -> dict[str, Mom
     return total
 
 
-
-
-def _estimate_dense_bytes(store, names: list[str]) -> int:
-    import pyarrow.parquet as pq
-
-    rows = max(
-        sum(pq.read_metadata(f, filesystem=store.fs).num_rows for f in store.modality_files(n)) for n in names
-    )
-    return rows * sum(int(store.modalities[n]["dim"]) for n in names) * 4
-
-
 def _tag_split(batch: dict[str, np.ndarray], val_fraction: float) -> dict[str, np.ndarray]:
     out = {k: v for k, v in batch.items() if k != "mol_id"}
     out["_valid"] = validation_mask(batch["mol_id"], val_fraction)
@@ -163,7 +150,7 @@ def load_training_data(store, names: list[str], config: TrainConfig) -> Training
 
     mode = config.data_loading
     if mode == "auto":
-        mode = "driver" if _estimate_dense_bytes(store, names) <= DRIVER_LOAD_MAX_BYTES else "distributed"
+        mode = "driver" if store.dense_bytes(names) <= IN_MEMORY_JOIN_MAX_BYTES else "distributed"
     dims = [int(store.modalities[n]["dim"]) for n in names]
     if mode == "driver":
         arrays = store.read_numpy(names)
