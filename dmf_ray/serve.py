@@ -219,8 +219,8 @@ class FusionRunner:
         for name, true in truth.items():
             j = names.index(name)
             recon = fused.reconstructions[j]
-            with torch.no_grad():
-                std = [self.model.normalizers[j](torch.as_tensor(x, dtype=torch.float32, device=device))
+            with torch.no_grad():  # np.array copies: arrays that crossed a Serve handle are read-only
+                std = [self.model.normalizers[j](torch.as_tensor(np.array(x, dtype=np.float32), device=device))
                        .cpu().numpy() for x in (recon, true)]
             scores[name] = {"cosine": _cosine(recon, true), "cosine_standardized": _cosine(*std)}
         return fused, scores
