@@ -22,7 +22,9 @@ other) and the second row is removed at the end (``EmbeddingStore.deduplicate``)
 from __future__ import annotations
 
 import hashlib
+import math
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -72,7 +74,8 @@ def resolve_encoders(options: list[str] | tuple[str, ...]) -> dict[str, Encoder]
 
 # ---- stage 1: read ------------------------------------------------------------------------
 # A shard travels as ONE row (list columns), so no block boundary can ever cut it in two.
-SHARD_BLOCK_BYTES = 1 << 20
+# Blocks this small hold one row each, i.e. one shard (a row cannot be split).
+SHARD_BLOCK_BYTES = 1 << 10
 # What a read task's worker holds (measured: ~135 MiB reading .smi, ~196 MiB reading MOSES'
 # .csv.gz through pyarrow's CSV reader); declared so Ray schedules it honestly and its memory
 # detector has nothing to flag.
@@ -303,6 +306,19 @@ def _known_ids(store: EmbeddingStore, name: str) -> np.ndarray:
     return np.sort(ids.astype(ID_DTYPE))
 
 
+# Fewest bytes an input row can take (MOSES .csv.gz: 6.5): bounds the shard count from above.
+MIN_BYTES_PER_ROW = 6
+
+
+def _parse_pool_size(files: list[InputFile], shard_rows: int, cpus: float) -> int:
+    """One parse actor per CPU, but no more than the inputs can have shards. File sizes only
+    bound the shard count from above, so an actor may stay idle on a small library; Ray Data
+    warns about that, which would only puzzle the user."""
+    warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for 'MapBatches\(_ParseStage\)'")
+    shards = sum(max(1, math.ceil(f.size / (MIN_BYTES_PER_ROW * shard_rows))) for f in files)
+    return max(1, min(int(cpus), shards))
+
+
 def _pool_size(encoder: Encoder, cpus: float, gpus: float) -> tuple[int, int]:
     if encoder.num_gpus > 0 and gpus > 0:
         return 1, max(1, int(gpus // encoder.num_gpus))
@@ -360,8 +376,9 @@ def featurize(
     actor_cpus = _actor_cpus(cpus, 1 + len(pooled))
     ds = ray.data.from_items([{"file": f.__dict__} for f in files])
     # Ray Data merges a stage's small outputs into blocks up to this size, and a block goes to one
-    # parse actor: at the 128 MiB default a whole file of shards would be parsed by one actor.
-    # At 1 MiB a shard (~1.5 MB per 20k SMILES) is a block of its own.
+    # parse actor: at the 128 MiB default a whole file of shards would be parsed by one actor, and
+    # even at 1 MiB two 20k-row shards of short SMILES (~0.5 MB each) shared a block and an actor
+    # while the other actor sat idle. Below a shard's size, every shard is a block of its own.
     ds.context.target_max_block_size = SHARD_BLOCK_BYTES
     ds = ds.map_batches(
         _read_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, memory=READ_TASK_MEMORY,
@@ -369,7 +386,11 @@ def featurize(
     )
     ds = ds.map_batches(
         _ParseStage, batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus))),
+        # A fixed pool, one shard in flight per actor: with Ray Data's autoscaling pool (and 4
+        # blocks in flight per actor) a 3-shard library queued on the first actor and the pool
+        # never grew, so one core did all the work.
+        compute=ray.data.ActorPoolStrategy(size=_parse_pool_size(files, store.shard_rows, cpus),
+                                           max_tasks_in_flight_per_actor=1),
         fn_constructor_kwargs={"store_uri": store_uri, "specs": specs, "inline": inline, "known_ids": known,
                                "inputs_done": inputs_done, "modality_done": modality_done},
     )
