@@ -76,6 +76,9 @@ def resolve_encoders(options: list[str] | tuple[str, ...]) -> dict[str, Encoder]
 # A shard travels as ONE row (list columns), so no block boundary can ever cut it in two.
 # Blocks this small hold one row each, i.e. one shard (a row cannot be split).
 SHARD_BLOCK_BYTES = 1 << 10
+# With pooled encoders the parse stage emits molecules (RDKit binaries, ~1 KB each) under the same
+# setting, and one-row blocks of those would drown the encoder pools in tiny tasks.
+POOLED_BLOCK_BYTES = 1 << 20
 # What a read task's worker holds (measured: ~135 MiB reading .smi, ~196 MiB reading MOSES'
 # .csv.gz through pyarrow's CSV reader); declared so Ray schedules it honestly and its memory
 # detector has nothing to flag.
@@ -379,7 +382,8 @@ def featurize(
     # parse actor: at the 128 MiB default a whole file of shards would be parsed by one actor, and
     # even at 1 MiB two 20k-row shards of short SMILES (~0.5 MB each) shared a block and an actor
     # while the other actor sat idle. Below a shard's size, every shard is a block of its own.
-    ds.context.target_max_block_size = SHARD_BLOCK_BYTES
+    # (The setting is the whole dataset's; with pooled encoders a shard block may hold two shards.)
+    ds.context.target_max_block_size = POOLED_BLOCK_BYTES if pooled else SHARD_BLOCK_BYTES
     ds = ds.map_batches(
         _read_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, memory=READ_TASK_MEMORY,
         fn_kwargs={"chunk_rows": store.shard_rows, "skip": skip},
