@@ -187,6 +187,51 @@ def _check_store_matches_model(store, card: dict[str, Any], needed: list[str]) -
         raise ValueError(f"{store.uri}: " + "; ".join(problems))
 
 
+def _build_pipeline(
+    model_dir: str, card: dict, inputs: list[str] | None, store_uri: str | None, smiles_column: str | None,
+    id_column: str | None, drop_modalities: list[str] | None, batch_size: int,
+) -> Any:
+    """The rows to write: one per input row, a vector or the reason there is none."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from dmf_ray.featurize import _actor_cpus
+    from dmf_ray.runtime import cluster_resources
+
+    modalities = list(card["fusion"]["modalities"])
+    latent_dim = int(card["fusion"]["latent_dim"])
+    use = choose_modalities(modalities, None, drop_modalities)
+    cpus, _ = cluster_resources()
+    pool = ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus)))
+
+    if inputs is not None:
+        files = discover_inputs(list(inputs), smiles_column, id_column)
+        ds = ray.data.from_items([{"file": f.__dict__} for f in files])
+        ds = ds.map_batches(read_rows_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, fn_kwargs={"chunk_rows": batch_size * 8})
+        return ds.map_batches(
+            EmbedSmilesStage, batch_size=batch_size, batch_format="pyarrow", compute=pool,
+            num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
+        )
+    from dmf_ray.store import IN_MEMORY_JOIN_MAX_BYTES, EmbeddingStore
+
+    store = EmbeddingStore.open(store_uri)
+    _check_store_matches_model(store, card, use)
+    if store.dense_bytes(use) <= IN_MEMORY_JOIN_MAX_BYTES:
+        return ray.data.from_arrow(_fuse_small_store(store, model_dir, drop_modalities, batch_size))
+    paired = store.read_dataset(use)
+    molecules = ray.data.read_parquet(store.committed_files("molecules"), filesystem=store.fs).select_columns(["mol_id", "smiles", "source", "row"])
+    joined = molecules.join(paired, join_type="left_outer", num_partitions=max(1, int(cpus)), on=("mol_id",))
+    ds = joined.map_batches(
+        FuseStoredStage, batch_size=batch_size, batch_format="numpy", compute=pool,
+        num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
+    )
+    failure_files = store.committed_files("failures")
+    if failure_files:
+        failures = ray.data.read_parquet(failure_files, filesystem=store.fs)
+        ds = ds.union(failures.map_batches(_failures_as_rows, batch_format="pyarrow", fn_kwargs={"modalities": modalities, "latent_dim": latent_dim}))
+    return ds
+
+
 def embed(
     model_dir: str,
     out: str,
@@ -199,51 +244,17 @@ def embed(
     log: Callable[[str], None] = print,
 ) -> EmbedResult:
     """Embed input files or a whole store with a trained model; needs Ray running."""
-    import ray
-    from ray.data import ActorPoolStrategy, SaveMode
+    from ray.data import SaveMode
 
-    from dmf_ray.featurize import _actor_cpus
-    from dmf_ray.runtime import cluster_resources
+    from dmf_ray.runtime import pipeline_actors_killed_on_failure
 
     if (inputs is None) == (store_uri is None):
         raise ValueError("give input files or --store, not both")
     card = read_model_config(model_dir)
-    modalities = list(card["fusion"]["modalities"])
-    latent_dim = int(card["fusion"]["latent_dim"])
-    use = choose_modalities(modalities, None, drop_modalities)
-    cpus, _ = cluster_resources()
-    pool = ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus)))
     started = time.time()
-
-    if inputs is not None:
-        files = discover_inputs(list(inputs), smiles_column, id_column)
-        ds = ray.data.from_items([{"file": f.__dict__} for f in files])
-        ds = ds.map_batches(read_rows_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, fn_kwargs={"chunk_rows": batch_size * 8})
-        ds = ds.map_batches(
-            EmbedSmilesStage, batch_size=batch_size, batch_format="pyarrow", compute=pool,
-            num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
-        )
-    else:
-        from dmf_ray.store import IN_MEMORY_JOIN_MAX_BYTES, EmbeddingStore
-
-        store = EmbeddingStore.open(store_uri)
-        _check_store_matches_model(store, card, use)
-        if store.dense_bytes(use) <= IN_MEMORY_JOIN_MAX_BYTES:
-            ds = ray.data.from_arrow(_fuse_small_store(store, model_dir, drop_modalities, batch_size))
-        else:
-            paired = store.read_dataset(use)
-            molecules = ray.data.read_parquet(store.committed_files("molecules"), filesystem=store.fs).select_columns(["mol_id", "smiles", "source", "row"])
-            joined = molecules.join(paired, join_type="left_outer", num_partitions=max(1, int(cpus)), on=("mol_id",))
-            ds = joined.map_batches(
-                FuseStoredStage, batch_size=batch_size, batch_format="numpy", compute=pool,
-                num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
-            )
-            failure_files = store.committed_files("failures")
-            if failure_files:
-                failures = ray.data.read_parquet(failure_files, filesystem=store.fs)
-                ds = ds.union(failures.map_batches(_failures_as_rows, batch_format="pyarrow", fn_kwargs={"modalities": modalities, "latent_dim": latent_dim}))
-
-    ds.write_parquet(out, mode=SaveMode.OVERWRITE)
+    ds = _build_pipeline(model_dir, card, inputs, store_uri, smiles_column, id_column, drop_modalities, batch_size)
+    with pipeline_actors_killed_on_failure():
+        ds.write_parquet(out, mode=SaveMode.OVERWRITE)
     rows, failed = _count_written(out)
     result = EmbedResult(out, rows, failed, time.time() - started)
     log(f"embedded {rows:,} rows ({failed:,} failed) into {out} in {result.seconds:.1f} s")

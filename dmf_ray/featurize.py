@@ -27,7 +27,7 @@ import time
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -340,43 +340,15 @@ def _actor_cpus(cpus: float, actor_stages: int) -> float:
     return round(min(1.0, 0.8 * cpus / (actor_stages * max(1, int(cpus)))), 3)
 
 
-def featurize(
-    inputs: list[str],
-    store_uri: str,
-    encoders: list[str] | tuple[str, ...] = DEFAULT_ENCODERS,
-    smiles_column: str | None = None,
-    id_column: str | None = None,
-    shard_rows: int | None = None,
-    log: Callable[[str], None] = print,
-    progress_interval_s: float = 10.0,
-) -> FeaturizeResult:
-    """Featurise input files into the store; see the module docstring. Needs Ray running
-    (``dmf_ray.runtime.ensure_ray``)."""
+def _build_pipeline(
+    files: list[InputFile], store: EmbeddingStore, store_uri: str, specs: dict[str, dict],
+    inline: list[str], pooled: dict[str, Encoder], *, skip: set[str], known: dict[str, np.ndarray],
+    inputs_done: set[str], modality_done: dict[str, set[str]], cpus: float, gpus: float,
+) -> Any:
+    """read -> parse (inline encoders write their own parts there) -> pooled encoders -> write
+    the pooled encoders' parts. The pipeline yields status rows: see ``_commit_statuses``."""
     import ray
 
-    from dmf_ray.runtime import cluster_resources
-
-    started = time.time()
-    files = discover_inputs(list(inputs), smiles_column, id_column)
-    chosen = resolve_encoders(encoders)
-    store = EmbeddingStore.open_or_create(store_uri, **({"shard_rows": shard_rows} if shard_rows else {}))
-    if shard_rows and shard_rows != store.shard_rows:
-        log(f"note: this store cuts inputs into shards of {store.shard_rows} rows (set when it was created)")
-    store.register_modalities({name: enc.spec() for name, enc in chosen.items()})
-    removed = store.remove_uncommitted()
-    if removed:
-        log(f"removed {removed} uncommitted file(s) left by an interrupted run")
-
-    names = list(chosen)
-    specs = {n: store.modalities[n] for n in names}
-    inputs_done = store.committed_keys(INPUTS_TABLE)
-    modality_done = {n: store.committed_keys(modality_table(n)) for n in names}
-    skip = set.intersection(inputs_done, *modality_done.values()) if names else set(inputs_done)
-    known = {n: _known_ids(store, n) for n in names}
-
-    cpus, gpus = cluster_resources()
-    inline = [name for name, encoder in chosen.items() if encoder.runs_inline()]
-    pooled = {name: encoder for name, encoder in chosen.items() if name not in inline}
     actor_cpus = _actor_cpus(cpus, 1 + len(pooled))
     ds = ray.data.from_items([{"file": f.__dict__} for f in files])
     # Ray Data merges a stage's small outputs into blocks up to this size, and a block goes to one
@@ -413,14 +385,22 @@ def featurize(
     if pooled:
         ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05,
                             fn_kwargs={"store_uri": store_uri, "specs": {n: specs[n] for n in pooled}})
+    return ds
 
-    # Status rows: (shard, modality, rows written, rows the shard needs). Inline encoders commit
-    # their own (shard, modality) in the parse actors; pooled ones are committed here once all
-    # their rows are on disk. With pooled encoders, progress counts only theirs.
+
+def _commit_statuses(
+    statuses: Iterable[dict[str, np.ndarray]], store: EmbeddingStore, pooled: dict[str, Encoder], *,
+    started: float, log: Callable[[str], None], progress_interval_s: float,
+) -> dict[tuple[str, str], int]:
+    """Count the rows written per (shard, modality) and return the counts.
+
+    Status rows: (shard, modality, rows written, rows the shard needs). Inline encoders commit
+    their own (shard, modality) in the parse actors; pooled ones are committed here once all
+    their rows are on disk. With pooled encoders, progress counts only theirs."""
     written: dict[tuple[str, str], int] = defaultdict(int)
     vectors = 0
     last_log = time.time()
-    for status in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for status in statuses:
         for shard, name, rows, expected in zip(status["shard"], status["modality"], status["rows"], status["expected"]):
             key = (str(shard), str(name))
             written[key] += int(rows)
@@ -434,6 +414,49 @@ def featurize(
             shards_done = len({k[0] for k in written})
             log(f"featurize: {vectors:,} vectors written for {shards_done} shard(s) "
                 f"({vectors / max(1e-9, last_log - started):,.0f} vectors/s)")
+    return written
+
+
+def featurize(
+    inputs: list[str],
+    store_uri: str,
+    encoders: list[str] | tuple[str, ...] = DEFAULT_ENCODERS,
+    smiles_column: str | None = None,
+    id_column: str | None = None,
+    shard_rows: int | None = None,
+    log: Callable[[str], None] = print,
+    progress_interval_s: float = 10.0,
+) -> FeaturizeResult:
+    """Featurise input files into the store; see the module docstring. Needs Ray running
+    (``dmf_ray.runtime.ensure_ray``)."""
+    from dmf_ray.runtime import cluster_resources, pipeline_actors_killed_on_failure
+
+    started = time.time()
+    files = discover_inputs(list(inputs), smiles_column, id_column)
+    chosen = resolve_encoders(encoders)
+    store = EmbeddingStore.open_or_create(store_uri, **({"shard_rows": shard_rows} if shard_rows else {}))
+    if shard_rows and shard_rows != store.shard_rows:
+        log(f"note: this store cuts inputs into shards of {store.shard_rows} rows (set when it was created)")
+    store.register_modalities({name: enc.spec() for name, enc in chosen.items()})
+    removed = store.remove_uncommitted()
+    if removed:
+        log(f"removed {removed} uncommitted file(s) left by an interrupted run")
+
+    names = list(chosen)
+    specs = {n: store.modalities[n] for n in names}
+    inputs_done = store.committed_keys(INPUTS_TABLE)
+    modality_done = {n: store.committed_keys(modality_table(n)) for n in names}
+    skip = set.intersection(inputs_done, *modality_done.values()) if names else set(inputs_done)
+    known = {n: _known_ids(store, n) for n in names}
+
+    cpus, gpus = cluster_resources()
+    inline = [name for name, encoder in chosen.items() if encoder.runs_inline()]
+    pooled = {name: encoder for name, encoder in chosen.items() if name not in inline}
+    ds = _build_pipeline(files, store, store_uri, specs, inline, pooled, skip=skip, known=known,
+                         inputs_done=inputs_done, modality_done=modality_done, cpus=cpus, gpus=gpus)
+    with pipeline_actors_killed_on_failure():
+        written = _commit_statuses(ds.iter_batches(batch_size=None, batch_format="numpy"), store, pooled,
+                                   started=started, log=log, progress_interval_s=progress_interval_s)
 
     incomplete = [k for k, v in written.items() if k[0] not in store.committed_keys(modality_table(k[1]))]
     if incomplete:
