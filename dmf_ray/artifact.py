@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .model import DynamicFusion, FusionConfig
-from .remote import CONFIG_FILE, WEIGHTS_FILE, local_model_dir, sha256_file
+from dmf_ray.model.fusion import DynamicFusion, FusionConfig
+from dmf_ray.files import CONFIG_FILE, WEIGHTS_FILE, local_model_dir, sha256_file
 
 FORMAT = "dmf_ray.fusion"
 FORMAT_VERSION = 1
@@ -95,7 +95,7 @@ def save_fusion_model(
 
 def read_model_config(directory: str | os.PathLike) -> dict:
     """Read and check config.json without loading weights (e.g. to learn the encoders needed).
-    A remote URI (s3://...) is fetched into the local cache first (``dmf_ray.remote``)."""
+    A remote URI (s3://...) is fetched into the local cache first (``dmf_ray.files``)."""
     directory = local_model_dir(directory)
     if not directory.exists():
         raise FileNotFoundError(f"model directory {directory} does not exist")

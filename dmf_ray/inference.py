@@ -18,7 +18,7 @@ import torch
 
 from dmf_ray.artifact import load_fusion_model
 from dmf_ray.encoders import EncodedBatch, Encoder, encoder_from_spec
-from dmf_ray.model import DynamicFusion
+from dmf_ray.model.fusion import DynamicFusion
 from dmf_ray.molecules import InvalidSmilesError, Molecule, parse_smiles
 
 

@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dmf_ray import fsutil
+from dmf_ray.files import join_uri, redact, resolve
 
 TEXT_FORMATS = {".smi": "smi", ".txt": "smi", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 SMILES_COLUMN_GUESSES = ("smiles", "SMILES", "Smiles", "canonical_smiles", "smi", "SMI")
@@ -96,7 +96,7 @@ def discover_inputs(uris: list[str], smiles_column: str | None = None, id_column
         raise InputError("no input files given")
     files: list[InputFile] = []
     for uri in uris:
-        fs, path = fsutil.resolve(uri)
+        fs, path = resolve(uri)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise InputError(f"{uri}: no such file or folder")
@@ -105,7 +105,7 @@ def discover_inputs(uris: list[str], smiles_column: str | None = None, id_column
             supported = [i for i in found if _is_supported(i.path)]
             if not supported:
                 raise InputError(f"{uri}: folder holds no supported input files")
-            entries = [(fsutil.join_uri(uri, i.base_name), i) for i in sorted(supported, key=lambda i: i.path)]
+            entries = [(join_uri(uri, i.base_name), i) for i in sorted(supported, key=lambda i: i.path)]
         else:
             entries = [(uri, info)]
         for file_uri, file_info in entries:
@@ -169,10 +169,10 @@ def _table_records(fs: pafs.FileSystem, file: InputFile, path: str) -> Iterator[
 def read_chunks(file: InputFile, chunk_rows: int, skip: set[str] = frozenset()) -> Iterator[RawChunk]:
     """The file's rows cut into chunks of ``chunk_rows``; chunks whose key is in ``skip``
     are read past but not returned (their work is already committed)."""
-    fs, path = fsutil.resolve(file.uri)
+    fs, path = resolve(file.uri)
     records = _smi_records(fs, path) if file.format == "smi" else _table_records(fs, file, path)
     index = 0
-    source = fsutil.redact(file.uri)  # recorded in the store and in outputs
+    source = redact(file.uri)  # recorded in the store and in outputs
     chunk = RawChunk(file.chunk_key(0), source, [], [], [])
     for row, smiles, source_id in records:
         chunk.rows.append(row)

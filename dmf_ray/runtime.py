@@ -120,3 +120,11 @@ def _kill_quietly(actor: Any) -> None:
         ray.kill(actor, no_restart=True)
     except Exception:  # already gone: nothing to free
         pass
+
+
+def actor_cpus(cpus: float, actor_stages: int) -> float:
+    """Logical CPUs for each CPU actor of ``actor_stages`` pools sized one actor per CPU."""
+    # Logical CPUs per CPU actor such that every pool at full size still leaves a fifth of the
+    # cluster to the read and write tasks: actors holding every CPU starve the reads and the
+    # whole job hangs (ray-project/ray#44687). Actors then share cores, which is fine.
+    return round(min(1.0, 0.8 * cpus / (actor_stages * max(1, int(cpus)))), 3)

@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dmf_ray import __version__, fsutil
+from dmf_ray import __version__
+from dmf_ray.files import exists, join, list_files, pafs, read_json, resolve, write_json, write_parquet
 from dmf_ray.molecules import ID_SCHEME
 
 FORMAT = "dmf_ray.store"
@@ -110,18 +111,18 @@ class PairedArrays:
 class EmbeddingStore:
     def __init__(self, uri: str, manifest: dict[str, Any]):
         self.uri = uri
-        self.fs, self.root = fsutil.resolve(uri)
+        self.fs, self.root = resolve(uri)
         self.manifest = manifest
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, uri: str) -> "EmbeddingStore":
-        fs, root = fsutil.resolve(uri)
-        path = fsutil.join(root, "manifest.json")
-        if not fsutil.exists(fs, path):
+        fs, root = resolve(uri)
+        path = join(root, "manifest.json")
+        if not exists(fs, path):
             raise StoreError(f"{uri}: not a dmf_ray store (no manifest.json)")
         try:
-            manifest = fsutil.read_json(fs, path)
+            manifest = read_json(fs, path)
         except ValueError as exc:
             raise StoreError(f"{uri}: manifest.json is not valid JSON ({exc})") from None
         if manifest.get("format") != FORMAT:
@@ -136,13 +137,13 @@ class EmbeddingStore:
 
     @classmethod
     def open_or_create(cls, uri: str, shard_rows: int = DEFAULT_SHARD_ROWS) -> "EmbeddingStore":
-        fs, root = fsutil.resolve(uri)
-        if fsutil.exists(fs, fsutil.join(root, "manifest.json")):
+        fs, root = resolve(uri)
+        if exists(fs, join(root, "manifest.json")):
             return cls.open(uri)
         info = fs.get_file_info(root)
-        if info.type == fsutil.pafs.FileType.File:
+        if info.type == pafs.FileType.File:
             raise StoreError(f"{uri}: is a file, not a store directory")
-        if info.type == fsutil.pafs.FileType.Directory and fs.get_file_info(fsutil.pafs.FileSelector(root)):
+        if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(root)):
             raise StoreError(f"{uri}: folder exists, is not empty and is not a dmf_ray store")
         import rdkit
 
@@ -164,11 +165,11 @@ class EmbeddingStore:
 
     def _write_manifest(self) -> None:
         self.manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        fsutil.write_json(self.fs, self._path("manifest.json"), self.manifest)
+        write_json(self.fs, self._path("manifest.json"), self.manifest)
 
     # ---- layout --------------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
-        return fsutil.join(self.root, *parts)
+        return join(self.root, *parts)
 
     @property
     def modalities(self) -> dict[str, dict[str, Any]]:
@@ -220,18 +221,18 @@ class EmbeddingStore:
     def committed(self, table: str) -> dict[str, dict[str, Any]]:
         """Shard key -> commit record for one table (``inputs`` or ``modality=<name>``)."""
         out = {}
-        for path in fsutil.list_files(self.fs, self.commit_dir(table), ".json"):
-            out[path.rsplit("/", 1)[-1][: -len(".json")]] = fsutil.read_json(self.fs, path)
+        for path in list_files(self.fs, self.commit_dir(table), ".json"):
+            out[path.rsplit("/", 1)[-1][: -len(".json")]] = read_json(self.fs, path)
         return out
 
     def committed_keys(self, table: str) -> set[str]:
-        return {p.rsplit("/", 1)[-1][: -len(".json")] for p in fsutil.list_files(self.fs, self.commit_dir(table), ".json")}
+        return {p.rsplit("/", 1)[-1][: -len(".json")] for p in list_files(self.fs, self.commit_dir(table), ".json")}
 
     def commit(self, table: str, shard: str, record: dict[str, Any]) -> None:
-        fsutil.write_json(self.fs, fsutil.join(self.commit_dir(table), f"{shard}.json"), record)
+        write_json(self.fs, join(self.commit_dir(table), f"{shard}.json"), record)
 
     def modality_files(self, name: str, committed_only: bool = True) -> list[str]:
-        files = fsutil.list_files(self.fs, self.modality_dir(name), ".parquet")
+        files = list_files(self.fs, self.modality_dir(name), ".parquet")
         if not committed_only:
             return files
         done = self.committed_keys(modality_table(name))
@@ -240,7 +241,7 @@ class EmbeddingStore:
     def committed_files(self, folder: str) -> list[str]:
         """Parquet files of ``molecules`` or ``failures`` whose shard is committed."""
         done = self.committed_keys(INPUTS_TABLE)
-        return [f for f in fsutil.list_files(self.fs, self._path(folder), ".parquet") if _shard_of(f) in done]
+        return [f for f in list_files(self.fs, self._path(folder), ".parquet") if _shard_of(f) in done]
 
     def remove_uncommitted(self) -> int:
         """Delete files a crashed run left without a commit marker; returns how many."""
@@ -249,7 +250,7 @@ class EmbeddingStore:
         folders = [(self._path("molecules"), done_inputs), (self._path("failures"), done_inputs)]
         folders += [(self.modality_dir(m), self.committed_keys(modality_table(m))) for m in self.modalities]
         for folder, done in folders:
-            for path in fsutil.list_files(self.fs, folder):
+            for path in list_files(self.fs, folder):
                 name = path.rsplit("/", 1)[-1]
                 if name.startswith(".tmp-") or _shard_of(path) not in done:
                     self.fs.delete_file(path)
@@ -389,8 +390,8 @@ class EmbeddingStore:
         }
 
     def size_bytes(self) -> int:
-        infos = self.fs.get_file_info(fsutil.pafs.FileSelector(self.root, recursive=True))
-        return int(sum(i.size or 0 for i in infos if i.type == fsutil.pafs.FileType.File))
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
+        return int(sum(i.size or 0 for i in infos if i.type == pafs.FileType.File))
 
     # ---- maintenance ---------------------------------------------------------------------
     def deduplicate(self, name: str) -> int:
@@ -413,7 +414,7 @@ class EmbeddingStore:
             start += len(column)
             if drop.any():
                 table = pq.read_table(path, filesystem=self.fs, schema=modality_schema(spec["dtype"], spec["dim"]))
-                fsutil.write_parquet(self.fs, path, table.filter(pa.array(~drop)), dictionary=DICTIONARY_COLUMNS)
+                write_parquet(self.fs, path, table.filter(pa.array(~drop)), dictionary=DICTIONARY_COLUMNS)
         return int(duplicated.sum())
 
 

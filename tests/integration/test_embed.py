@@ -8,9 +8,9 @@ import pytest
 
 from dmf_ray.artifact import save_fusion_model
 from dmf_ray.cli import main as dmf
-from dmf_ray.featurize import featurize
+from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.inference import FusionEmbedder
-from dmf_ray.model import DynamicFusion, FusionConfig
+from dmf_ray.model.fusion import DynamicFusion, FusionConfig
 from dmf_ray.store import EmbeddingStore
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from dmf_ray.artifact import save_fusion_model
-from dmf_ray.evaluation.report import FILES, removal_patterns
-from dmf_ray.model import DynamicFusion, FusionConfig
+from dmf_ray.pipelines.evaluate.report import FILES, removal_patterns
+from dmf_ray.model.fusion import DynamicFusion, FusionConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ BAD = "C1CC(bad"
 
 @pytest.fixture(scope="module")
 def setup(ray_session, shared_data, tmp_path_factory):
-    from dmf_ray.featurize import featurize
+    from dmf_ray.pipelines.featurize import featurize
     from dmf_ray.store import EmbeddingStore
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -155,7 +155,7 @@ def test_user_errors_are_one_line(setup, capsys):
 
 def test_benchmark_job_prints_table1_against_the_paper(setup):
     root, bace, model_dir = setup
-    sys.path.insert(0, str(REPO / "jobs"))
+    sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import bench_moleculenet as bench
     finally:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import plugin_encoders  # noqa: F401  (registers the test encoders in this process)
-from dmf_ray.featurize import featurize
+from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.molecules import canonical_id
 from dmf_ray.store import INPUTS_TABLE, EmbeddingStore, StoreError
 
@@ -137,7 +137,7 @@ def test_adding_molecules_and_a_modality_later_gives_partial_coverage(ray_sessio
 
     # Mixing two encoders under one name is refused.
     with pytest.raises(StoreError, match="modality 'ecfp' is stored with"):
-        from dmf_ray.featurize import resolve_encoders
+        from dmf_ray.pipelines.featurize import resolve_encoders
 
         s = EmbeddingStore.open(store)
         s.register_modalities({"ecfp": resolve_encoders(["ecfp"])["ecfp"].spec() | {"args": {"radius": 3, "n_bits": 2048}}})

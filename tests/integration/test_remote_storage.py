@@ -17,11 +17,11 @@ import pytest
 import requests
 
 from dmf_ray.cli import main as dmf
-from dmf_ray.featurize import featurize
+from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.inference import FusionEmbedder
-from dmf_ray.remote import local_model_dir
+from dmf_ray.files import local_model_dir
 from dmf_ray.store import EmbeddingStore
-from dmf_ray.train import TRAIN_DIR, TrainConfig, train
+from dmf_ray.pipelines.train.driver import TRAIN_DIR, TrainConfig, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -109,7 +109,7 @@ def test_store_model_and_embeddings_live_on_s3(s3, library, tmp_path, monkeypatc
     # Serve straight from the URI: each replica fetches the model on its own node.
     from ray import serve
 
-    from dmf_ray.serve import build_app
+    from dmf_ray.pipelines.serve.app import build_app
 
     serve.shutdown()
     with socket.socket() as probe:
@@ -130,8 +130,8 @@ def test_store_model_and_embeddings_live_on_s3(s3, library, tmp_path, monkeypatc
 
 def test_evaluate_reads_a_task_and_writes_its_report_on_s3(s3, library, tmp_path, monkeypatch):
     """A model on S3 (a random-weights one here), task files on S3, the report written to S3."""
-    from dmf_ray.random_model import save_random_model
-    from dmf_ray.remote import publish_model
+    from dmf_ray.testing import save_random_model
+    from dmf_ray.files import publish_model
 
     uri, fs = s3
     monkeypatch.setenv("DMF_RAY_CACHE", str(tmp_path / "cache"))

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from dmf_ray.serve import CPU_ENCODERS, INGRESS, ServeArgs, build_app, deployment_options, encoder_groups
+from dmf_ray.pipelines.serve.app import CPU_ENCODERS, INGRESS, ServeArgs, build_app, deployment_options, encoder_groups
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def sample_smiles(n: int, skip: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A random-weights model whose normalisation comes from real molecules, so values are sane."""
-    from dmf_ray.random_model import save_random_model
+    from dmf_ray.testing import save_random_model
 
     path = tmp_path_factory.mktemp("serve") / "model"
     card = {"training": {"epochs": 0, "note": "random"}, "metrics": {"val_reconstruction": 1.23},
@@ -374,7 +374,7 @@ def test_serve_configs_validate_and_carry_the_same_app():
     config = yaml.safe_load((REPO / "serve_configs" / "fusion.yaml").read_text())
     ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]
-    assert app["import_path"] == "dmf_ray.serve:build_app"
+    assert app["import_path"] == "dmf_ray.pipelines.serve.app:build_app"
     # It spells out the defaults, so reading it tells what `dmf serve` does.
     assert ServeArgs.model_validate(app["args"]) == ServeArgs(model_dir=app["args"]["model_dir"])
     assert config["http_options"]["host"] == "127.0.0.1"

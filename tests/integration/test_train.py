@@ -1,4 +1,4 @@
-"""dmf_ray.train on the shared local Ray, with a small real, partially paired store.
+"""dmf_ray.pipelines.train.driver on the shared local Ray, with a small real, partially paired store.
 
 A 2-worker CPU fit costs ~20-40 s of fixed Ray Train overhead here, so the file runs three fits
 (one in-process, two with 2 DDP workers) and shares one store between all tests.
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from dmf_ray.artifact import read_model_config
-from dmf_ray.featurize import featurize
+from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.inference import FusionEmbedder, fuse_arrays
-from dmf_ray.model import DynamicFusion, FusionConfig
+from dmf_ray.model.fusion import DynamicFusion, FusionConfig
 from dmf_ray.store import EmbeddingStore
-from dmf_ray.train import METRICS_FILE, TRAIN_DIR, TrainConfig, TrainingError, read_metrics_file, train
-from dmf_ray.training.data import validation_mask
-from dmf_ray.training.worker import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS
+from dmf_ray.pipelines.train.driver import METRICS_FILE, TRAIN_DIR, TrainConfig, TrainingError, read_metrics_file, train
+from dmf_ray.pipelines.train.data import validation_mask
+from dmf_ray.pipelines.train.worker import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS
 
 pytestmark = pytest.mark.integration
 

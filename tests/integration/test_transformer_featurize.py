@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dmf_ray.encoders import encoder_from_option
-from dmf_ray.featurize import featurize, resolve_encoders
+from dmf_ray.pipelines.featurize import featurize, resolve_encoders
 from dmf_ray.molecules import canonical_id, parse_smiles
 from dmf_ray.store import EmbeddingStore, StoreError
 

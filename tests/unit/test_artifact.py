@@ -15,7 +15,7 @@ from dmf_ray.artifact import (
     read_model_config,
     save_fusion_model,
 )
-from dmf_ray.model import DynamicFusion, FusionConfig
+from dmf_ray.model.fusion import DynamicFusion, FusionConfig
 
 DIMS = [6, 8, 5]
 MODS = ["smiles", "selfies", "graph"]

@@ -1,4 +1,4 @@
-"""dmf_ray.evaluate without Ray: featurisation of task molecules, config, the fitting trick."""
+"""dmf_ray.pipelines.evaluate.run without Ray: featurisation of task molecules, config, the fitting trick."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from dmf_ray.encoders import create_encoder
-from dmf_ray.evaluate import EvaluateConfig, TaskSpec, _row_cosine
-from dmf_ray.evaluation.features import featurize_smiles
-from dmf_ray.evaluation.downstream import fit_and_score
+from dmf_ray.pipelines.evaluate.run import EvaluateConfig, TaskSpec, _row_cosine
+from dmf_ray.pipelines.evaluate.features import featurize_smiles
+from dmf_ray.pipelines.evaluate.downstream import fit_and_score
 
 SPECS = {m: create_encoder(m).spec() for m in ("ecfp", "maccs", "rdkit2d")}
 SMILES = ["CCO", "OCC", "c1ccccc1O", "C1CC", "", "CC(=O)Nc1ccc(O)cc1", "CCO", "[Na+].[Cl-]", "not a smiles"]
@@ -67,8 +67,8 @@ def test_config_gathers_every_problem():
 
 
 def test_degraded_tests_stacked_under_test_are_scored_by_the_same_forest():
-    from dmf_ray.evaluate import _fit, _TaskData
-    from dmf_ray.evaluation.tasks import Task
+    from dmf_ray.pipelines.evaluate.run import _fit, _TaskData
+    from dmf_ray.pipelines.evaluate.tasks import Task
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6)).astype(np.float32)
@@ -98,7 +98,7 @@ def test_row_cosine():
 
 def test_a_renamed_known_task_keeps_its_documented_labels(tmp_path):
     # bace ships 0/1 descriptor columns beside its label: auto-detection alone cannot pick it.
-    from dmf_ray.evaluation.tasks import load_task
+    from dmf_ray.pipelines.evaluate.tasks import load_task
 
     folder = tmp_path / "bace"
     folder.mkdir()

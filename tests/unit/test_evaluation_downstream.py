@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from dmf_ray.evaluation.downstream import GRIDS, default_n_estimators, fit_and_score, impute
+from dmf_ray.pipelines.evaluate.downstream import GRIDS, default_n_estimators, fit_and_score, impute
 
 
 def _data(n=240, d=12, seed=0):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dmf_ray.evaluation.metrics import is_better, primary_metric, score
+from dmf_ray.pipelines.evaluate.metrics import is_better, primary_metric, score
 
 nan = np.nan
 

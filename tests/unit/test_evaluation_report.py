@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dmf_ray.evaluation.report import (
+from dmf_ray.pipelines.evaluate.report import (
     FILES,
     TaskResult,
     concat_rows,

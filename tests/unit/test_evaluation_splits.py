@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmf_ray.evaluation.splits import (
+from dmf_ray.pipelines.evaluate.splits import (
     random_split,
     scaffold_keys,
     scaffold_overlap,

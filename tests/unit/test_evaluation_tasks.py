@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmf_ray.evaluation.splits import scaffold_keys
-from dmf_ray.evaluation.tasks import TaskError, load_task
+from dmf_ray.pipelines.evaluate.splits import scaffold_keys
+from dmf_ray.pipelines.evaluate.tasks import TaskError, load_task
 
 DATA = Path(__file__).parents[2] / ".." / "shared" / "data" / "moleculenet"
 

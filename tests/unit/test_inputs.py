@@ -66,7 +66,7 @@ def test_missing_and_unsupported_files_are_named(tmp_path):
 
 
 def test_redact_drops_credentials_from_uris_only():
-    from dmf_ray.fsutil import redact
+    from dmf_ray.files import redact
 
     assert redact("s3://KEY:SECRET@bucket/a/b?region=x") == "s3://***@bucket/a/b?region=x"
     assert redact("s3://bucket/a@b") == "s3://bucket/a@b"

@@ -1,11 +1,11 @@
-"""dmf_ray.training.data without Ray: the validation split and the normalisation statistics."""
+"""dmf_ray.pipelines.train.data without Ray: the validation split and the normalisation statistics."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from dmf_ray.molecules import parse_smiles
-from dmf_ray.training.data import Moments, batch_moments, scale_of, split_unit, validation_mask
+from dmf_ray.pipelines.train.data import Moments, batch_moments, scale_of, split_unit, validation_mask
 
 
 def _ids(n: int) -> list[str]:

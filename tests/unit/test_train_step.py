@@ -1,4 +1,4 @@
-"""dmf_ray.training without Ray: one training step, validation sums, config and arguments."""
+"""dmf_ray.pipelines.train without Ray: one training step, validation sums, config and arguments."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dmf_ray.model import DynamicFusion, FusionConfig
-from dmf_ray.train import TrainConfig, add_train_arguments, config_from_args, read_metrics_file
-from dmf_ray.training.step import train_step, validation_sums
-from dmf_ray.training.worker import format_metrics, write_metrics_file
+from dmf_ray.model.fusion import DynamicFusion, FusionConfig
+from dmf_ray.pipelines.train.driver import TrainConfig, add_train_arguments, config_from_args, read_metrics_file
+from dmf_ray.pipelines.train.step import train_step, validation_sums
+from dmf_ray.pipelines.train.worker import format_metrics, write_metrics_file
 
 DIMS = [6, 8, 5]
 NAMES = ["a", "b", "c"]
@@ -118,7 +118,7 @@ def test_metrics_file_round_trip_and_progress_line(tmp_path):
 
 
 def test_a_cached_shard_yields_every_row_once_per_epoch_in_a_new_order():
-    from dmf_ray.training.worker import _cached_batches
+    from dmf_ray.pipelines.train.worker import _cached_batches
 
     cached = {"a": torch.arange(10.0)[:, None], "present": torch.ones(10, 1, dtype=torch.bool)}
     generator = torch.Generator().manual_seed(0)
@@ -135,7 +135,7 @@ def test_job_entry_points_have_help_and_fail_on_bad_input_in_one_line(tmp_path, 
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    for script in ("jobs/train.py", "jobs/bench_train.py"):
+    for script in ("jobs/train.py", "benchmarks/bench_train.py"):
         done = subprocess.run([sys.executable, script, "--help"], cwd=repo, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
     # A missing store is refused before any Ray start.

@@ -50,14 +50,15 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
-from dmf_ray import __version__, fsutil
+from dmf_ray import __version__
+from dmf_ray.files import redact
 from dmf_ray.artifact import load_fusion_model, read_model_config
 from dmf_ray.encoders import EncodedBatch, encoder_from_spec
 from dmf_ray.inference import FusedBatch, choose_modalities, fill_results, fuse_arrays, merge_encoded, parse_inputs
 from dmf_ray.molecules import Molecule, mol_from_bytes, mol_to_bytes, parse_smiles
-from dmf_ray.serving.api import (ERROR_RESPONSES, EmbedRequest, EmbedResponse, ModelCard, ReconstructRequest,
+from dmf_ray.pipelines.serve.api import (ERROR_RESPONSES, EmbedRequest, EmbedResponse, ModelCard, ReconstructRequest,
                                   ReconstructResponse)
-from dmf_ray.serving.args import DeploymentArgs, ServeArgs
+from dmf_ray.pipelines.serve.args import DeploymentArgs, ServeArgs
 
 logger = logging.getLogger("ray.serve")
 
@@ -369,7 +370,7 @@ def describe_model(card: dict, args: ServeArgs, groups: dict[str, list[str]]) ->
     modalities = list(fusion["modalities"])
     specs = card.get("modalities", {})
     return {
-        "model_dir": fsutil.redact(args.model_dir),
+        "model_dir": redact(args.model_dir),
         "modalities": modalities,
         "dims": dict(zip(modalities, fusion["dims"])),
         "latent_dim": fusion.get("latent_dim"),

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from dmf_ray.model import MASK_SCHEDULE_KINDS, FusionConfig, MaskSchedule
+from dmf_ray.model.fusion import MASK_SCHEDULE_KINDS, FusionConfig, MaskSchedule
 
 TRAIN_DIR = "_ray_train"
 RUN_FILE = "run.json"

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from dmf_ray import fsutil
+from dmf_ray.files import resolve
 from dmf_ray.artifact import read_model_config
 from dmf_ray.inference import FusionEmbedder, choose_modalities, fuse_arrays
 from dmf_ray.inputs import discover_inputs, read_rows_stage
@@ -195,8 +195,7 @@ def _build_pipeline(
     import ray
     from ray.data import ActorPoolStrategy
 
-    from dmf_ray.featurize import _actor_cpus
-    from dmf_ray.runtime import cluster_resources
+    from dmf_ray.runtime import actor_cpus, cluster_resources
 
     modalities = list(card["fusion"]["modalities"])
     latent_dim = int(card["fusion"]["latent_dim"])
@@ -210,7 +209,7 @@ def _build_pipeline(
         ds = ds.map_batches(read_rows_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, fn_kwargs={"chunk_rows": batch_size * 8})
         return ds.map_batches(
             EmbedSmilesStage, batch_size=batch_size, batch_format="pyarrow", compute=pool,
-            num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
+            num_cpus=actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
         )
     from dmf_ray.store import IN_MEMORY_JOIN_MAX_BYTES, EmbeddingStore
 
@@ -223,7 +222,7 @@ def _build_pipeline(
     joined = molecules.join(paired, join_type="left_outer", num_partitions=max(1, int(cpus)), on=("mol_id",))
     ds = joined.map_batches(
         FuseStoredStage, batch_size=batch_size, batch_format="numpy", compute=pool,
-        num_cpus=_actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
+        num_cpus=actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
     )
     failure_files = store.committed_files("failures")
     if failure_files:
@@ -266,6 +265,6 @@ def _count_written(out: str) -> tuple[int, int]:
     pyarrow, since a Ray Data job for it cost ~5 s even for 5,000 rows."""
     import pyarrow.dataset as pads
 
-    fs, path = fsutil.resolve(out)
+    fs, path = resolve(out)
     errors = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["error"]).column("error")
     return len(errors), len(errors) - errors.null_count

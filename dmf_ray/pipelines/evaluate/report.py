@@ -162,7 +162,7 @@ class TaskResult:
 
     @classmethod
     def for_task(cls, task, scaffold_overlap: bool = True) -> TaskResult:
-        """Start a result from a loaded :class:`dmf_ray.evaluation.tasks.Task`."""
+        """Start a result from a loaded :class:`dmf_ray.pipelines.evaluate.tasks.Task`."""
         return cls(
             task=task.name,
             metric="roc_auc" if task.kind == "classification" else "rmse",
@@ -173,7 +173,7 @@ class TaskResult:
         )
 
     def add_fit(self, row: str, fit: Mapping) -> None:
-        """Record one seed of :func:`dmf_ray.evaluation.downstream.fit_and_score` for ``row``."""
+        """Record one seed of :func:`dmf_ray.pipelines.evaluate.downstream.fit_and_score` for ``row``."""
         self.rows.setdefault(row, []).append(float(fit["test_metric"]))
         for name, value in fit["test"].items():
             if name != self.metric and not name.endswith("_per_task") and not name.startswith("n_tasks"):

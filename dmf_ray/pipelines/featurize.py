@@ -32,9 +32,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from dmf_ray import fsutil
+from dmf_ray.files import join, write_parquet
 from dmf_ray.encoders import DEFAULT_ENCODERS, Encoder, encoder_from_option, encoder_from_spec
 from dmf_ray.inputs import InputFile, discover_inputs, read_chunks
+from dmf_ray.runtime import actor_cpus
 from dmf_ray.molecules import InvalidSmilesError, Molecule, iter_parsed, mol_from_bytes, mol_to_bytes
 from dmf_ray.store import (
     DICTIONARY_COLUMNS,
@@ -197,14 +198,14 @@ class _ParseStage:
             },
             schema=MOLECULES_SCHEMA,
         )
-        fsutil.write_parquet(self.store.fs, self.store.molecules_path(shard), table, dictionary=DICTIONARY_COLUMNS)
+        write_parquet(self.store.fs, self.store.molecules_path(shard), table, dictionary=DICTIONARY_COLUMNS)
         if failures:
             frows, finputs, freasons = zip(*failures)
             ftable = pa.table(
                 {"source": [source] * len(failures), "row": list(frows), "input": list(finputs), "reason": list(freasons)},
                 schema=FAILURES_SCHEMA,
             )
-            fsutil.write_parquet(self.store.fs, self.store.failures_path(shard), ftable, dictionary=DICTIONARY_COLUMNS)
+            write_parquet(self.store.fs, self.store.failures_path(shard), ftable, dictionary=DICTIONARY_COLUMNS)
         record = {"source": source, "inputs": len(rows), "valid": len(parsed_rows), "failed": len(failures)}
         self.store.commit(INPUTS_TABLE, shard, record)
 
@@ -278,7 +279,7 @@ def _write_part(store: EmbeddingStore, name: str, spec: dict[str, Any], shard: s
     )
     # Named by content: a retried task rewrites the same file instead of adding one.
     digest = hashlib.blake2b("".join(ids).encode(), digest_size=8).hexdigest()
-    fsutil.write_parquet(store.fs, fsutil.join(store.modality_dir(name), f"{shard}--{digest}.parquet"), table,
+    write_parquet(store.fs, join(store.modality_dir(name), f"{shard}--{digest}.parquet"), table,
                          dictionary=DICTIONARY_COLUMNS)
 
 
@@ -333,11 +334,6 @@ def _pool_size(encoder: Encoder, cpus: float, gpus: float) -> tuple[int, int]:
     return 1, max(1, int(cpus))
 
 
-def _actor_cpus(cpus: float, actor_stages: int) -> float:
-    # Logical CPUs per CPU actor such that every pool at full size still leaves a fifth of the
-    # cluster to the read and write tasks: actors holding every CPU starve the reads and the
-    # whole job hangs (ray-project/ray#44687). Actors then share cores, which is fine.
-    return round(min(1.0, 0.8 * cpus / (actor_stages * max(1, int(cpus)))), 3)
 
 
 def _build_pipeline(
@@ -349,7 +345,7 @@ def _build_pipeline(
     the pooled encoders' parts. The pipeline yields status rows: see ``_commit_statuses``."""
     import ray
 
-    actor_cpus = _actor_cpus(cpus, 1 + len(pooled))
+    cpus_per_actor = actor_cpus(cpus, 1 + len(pooled))
     ds = ray.data.from_items([{"file": f.__dict__} for f in files])
     # Ray Data merges a stage's small outputs into blocks up to this size, and a block goes to one
     # parse actor: at the 128 MiB default a whole file of shards would be parsed by one actor, and
@@ -362,7 +358,7 @@ def _build_pipeline(
         fn_kwargs={"chunk_rows": store.shard_rows, "skip": skip},
     )
     ds = ds.map_batches(
-        _ParseStage, batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus,
+        _ParseStage, batch_size=None, batch_format="pyarrow", num_cpus=cpus_per_actor,
         # A fixed pool, one shard in flight per actor: with Ray Data's autoscaling pool (and 4
         # blocks in flight per actor) a 3-shard library queued on the first actor and the pool
         # never grew, so one core did all the work.
@@ -378,7 +374,7 @@ def _build_pipeline(
             batch_size=encoder.default_batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-            num_cpus=actor_cpus if encoder.num_gpus == 0 or gpus == 0 else 1,
+            num_cpus=cpus_per_actor if encoder.num_gpus == 0 or gpus == 0 else 1,
             num_gpus=encoder.num_gpus if gpus > 0 else 0,
             fn_constructor_kwargs={"name": name, "spec": specs[name]},
         )

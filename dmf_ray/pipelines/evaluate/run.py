@@ -1,12 +1,12 @@
 """``dmf evaluate``: downstream benchmarks of a fusion model, robustness, reconstruction, attention.
 
 One run computes, for every task, on the same splits with the same downstream learner
-(:mod:`dmf_ray.evaluation.downstream`, a random forest whose grid point is chosen on valid):
+(:mod:`dmf_ray.pipelines.evaluate.downstream`, a random forest whose grid point is chosen on valid):
 
 - Table 1: each single modality (raw encoder output), every concatenation of 2..M modalities,
   and ``fusion`` (the model's fused vector from all modalities); test metric over seeds.
 - Figure 2: fusion and the all-modality concatenation when modalities are withheld
-  (:func:`dmf_ray.evaluation.report.removal_patterns`: each modality, each pair, random 25%).
+  (:func:`dmf_ray.pipelines.evaluate.report.removal_patterns`: each modality, each pair, random 25%).
 - Figure 3: cosine between a hidden modality and its reconstruction from the others.
 - Figures 4-5: mean attention per modality, and how it moves as modalities are masked.
 
@@ -58,13 +58,13 @@ from typing import Any
 
 import numpy as np
 
-from dmf_ray import fsutil
-from dmf_ray.evaluation import downstream as _downstream
-from dmf_ray.evaluation import metrics as _metrics
-from dmf_ray.evaluation import report as _report
-from dmf_ray.evaluation import tasks as _tasks
-from dmf_ray.evaluation.features import MoleculeFeatures, featurize_smiles
-from dmf_ray.remote import fetch, is_remote, staging_dir, upload_tree
+from dmf_ray.files import redact
+from dmf_ray.pipelines.evaluate import downstream as _downstream
+from dmf_ray.pipelines.evaluate import metrics as _metrics
+from dmf_ray.pipelines.evaluate import report as _report
+from dmf_ray.pipelines.evaluate import tasks as _tasks
+from dmf_ray.pipelines.evaluate.features import MoleculeFeatures, featurize_smiles
+from dmf_ray.files import fetch, is_remote, staging_dir, upload_tree
 
 SPLITS = _tasks.SPLITS
 ROBUSTNESS_PROTOCOLS = ("inference", "refit", "none")
@@ -360,7 +360,7 @@ def _attention(model, data: _TaskData, rates: Sequence[float], seeds: Sequence[i
     import torch
 
     from dmf_ray.inference import fuse_arrays
-    from dmf_ray.model import sample_training_mask
+    from dmf_ray.model.fusion import sample_training_mask
 
     rows = data.split_of("test")
     present = data.present[rows]
@@ -469,7 +469,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
     specs = {m: card["modalities"][m] for m in mods}
     corpus = training_corpus(card)
     corpus_ids, corpus_note = _corpus_ids(corpus.get("store"))
-    log(f"evaluate: model {fsutil.redact(config.model)}: modalities {', '.join(mods)}, latent {model.config.latent_dim}; "
+    log(f"evaluate: model {redact(config.model)}: modalities {', '.join(mods)}, latent {model.config.latent_dim}; "
         f"trained on {corpus_note}")
 
     all_smiles = [s for t in loaded for split in SPLITS for s in t.smiles[split]]
@@ -481,7 +481,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
 
     details = {
         "model": {
-            "dir": fsutil.redact(str(config.model)),
+            "dir": redact(str(config.model)),
             "modalities": mods,
             "latent_dim": model.config.latent_dim,
             "encoders": specs,
@@ -513,7 +513,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
     files, doc = _write_outputs(config, results, details)
     if publish_to:
         upload_tree(config.out, publish_to)
-    log(f"evaluate: wrote {fsutil.redact(publish_to or config.out)}/ ({len(files)} files) in {details['seconds']:.0f} s")
+    log(f"evaluate: wrote {redact(publish_to or config.out)}/ ({len(files)} files) in {details['seconds']:.0f} s")
     return EvaluateResult(Path(config.out), files, results, doc, details, details["seconds"])
 
 
@@ -559,7 +559,7 @@ def _write_json(path: Path, doc: dict) -> None:
 def _protocol(config: EvaluateConfig) -> dict:
     return {
         "seeds": config.seeds,
-        "downstream": "random forest (dmf_ray.evaluation.downstream), grid point chosen on valid "
+        "downstream": "random forest (dmf_ray.pipelines.evaluate.downstream), grid point chosen on valid "
                       + ("for every seed" if config.grid_every_seed else "for seed 0 and reused"),
         "robustness": config.robustness,
         "reconstruction_space": "normalised (model statistics; features with std at the floor left out); raw beside",

@@ -47,17 +47,18 @@ from typing import Any
 
 import torch
 
-from dmf_ray import __version__, fsutil
-from dmf_ray.model import DynamicFusion
-from dmf_ray.remote import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, is_remote, mirror_files, publish_model,
+from dmf_ray import __version__
+from dmf_ray.files import exists, join, join_uri, redact, resolve
+from dmf_ray.model.fusion import DynamicFusion
+from dmf_ray.files import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, is_remote, mirror_files, publish_model,
                             staging_dir, upload_file)
-from dmf_ray.training.config import (_OPERATIONAL, RUN_FILE, TRAIN_DIR, TrainConfig, TrainingError, TrainResult,
+from dmf_ray.pipelines.train.config import (_OPERATIONAL, RUN_FILE, TRAIN_DIR, TrainConfig, TrainingError, TrainResult,
                                      add_train_arguments, config_from_args)
-from dmf_ray.training.data import load_training_data, scale_of
-from dmf_ray.training.worker import (_load_checkpoint, _train_loop_per_worker, format_metrics, read_metrics_file,
+from dmf_ray.pipelines.train.data import load_training_data, scale_of
+from dmf_ray.pipelines.train.worker import (_load_checkpoint, _train_loop_per_worker, format_metrics, read_metrics_file,
                                      write_metrics_file)
 
-# The public API; the parts live in dmf_ray.training (config, data, step, worker).
+# The public API; the parts live in dmf_ray.pipelines.train (config, data, step, worker).
 __all__ = ["METRICS_FILE", "TRAIN_DIR", "TrainConfig", "TrainResult", "TrainingError", "add_train_arguments",
            "config_from_args", "read_metrics_file", "train"]
 
@@ -73,7 +74,7 @@ def _fingerprint(config: TrainConfig, store, names: list[str]) -> dict[str, Any]
 
     settings = {k: v for k, v in config.public_dict().items() if k not in _OPERATIONAL}
     settings["modalities"] = list(names)
-    settings["store"] = fsutil.redact(_absolute(config.store))
+    settings["store"] = redact(_absolute(config.store))
     shards = {n: sorted(store.committed_keys(modality_table(n))) for n in names}
     digest = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()[:16]
     return {"settings": settings, "store_shards": digest}
@@ -144,9 +145,9 @@ def _prepare_out_dir(config: TrainConfig, fingerprint: dict) -> str | None:
             elif path.exists():
                 path.unlink()
         if config.storage_path is not None:  # checkpoints kept elsewhere would be resumed by Ray
-            fs, root = fsutil.resolve(config.storage_path)
-            run = fsutil.join(root, _run_name(config))
-            if fsutil.exists(fs, run):
+            fs, root = resolve(config.storage_path)
+            run = join(root, _run_name(config))
+            if exists(fs, run):
                 fs.delete_dir(run)
         return None
     if (out / CONFIG_FILE).exists():
@@ -183,8 +184,8 @@ def _stage_remote_out(config: TrainConfig, log: Callable[[str], None]) -> TrainC
     if config.fresh:
         delete_files(config.out, remote_files)
     mirror_files(config.out, stage, remote_files)
-    storage = config.storage_path or fsutil.join_uri(config.out, TRAIN_DIR)
-    log(f"out is remote: staging in {stage}, checkpoints in {fsutil.redact(storage)}")
+    storage = config.storage_path or join_uri(config.out, TRAIN_DIR)
+    log(f"out is remote: staging in {stage}, checkpoints in {redact(storage)}")
     return replace(config, out=str(stage), storage_path=storage,
                    _publish_to=config.out)
 
@@ -222,8 +223,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     if is_remote(config.out):
         config = _stage_remote_out(config, log)
     published = config._publish_to or config.out
-    shown = fsutil.redact(published)  # for logs and the card: no credentials
-    published_metrics = fsutil.join_uri(published, METRICS_FILE) if config._publish_to else None
+    shown = redact(published)  # for logs and the card: no credentials
+    published_metrics = join_uri(published, METRICS_FILE) if config._publish_to else None
     store = EmbeddingStore.open(config.store)
     names = _resolve_modalities(store, config.modalities)
     dims = [int(store.modalities[n]["dim"]) for n in names]
@@ -302,7 +303,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_FILE).write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
     if config._publish_to:  # a later driver on another machine must see which run the checkpoints are of
-        upload_file(run_dir / RUN_FILE, *fsutil.resolve(fsutil.join_uri(config._publish_to, TRAIN_DIR, RUN_FILE)))
+        upload_file(run_dir / RUN_FILE, *resolve(join_uri(config._publish_to, TRAIN_DIR, RUN_FILE)))
 
     log(f"training: {config.workers} worker(s) x {cpus:g} CPU, {threads} thread(s) each"
         f"{', 1 GPU each' if config.use_gpu else ''}; global batch {per_worker_batch * world}, "
@@ -353,9 +354,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         "modalities": {n: dict(store.modalities[n]) for n in names},
         "training": {
             **config.public_dict(),
-            "store": fsutil.redact(_absolute(config.store)),
-            "out": fsutil.redact(_absolute(published)),
-            "storage_path": fsutil.redact(config.storage_path) if config.storage_path else None,
+            "store": redact(_absolute(config.store)),
+            "out": redact(_absolute(published)),
+            "storage_path": redact(config.storage_path) if config.storage_path else None,
             "modalities": names,
             "n_train": int(n_train),
             "n_valid": int(n_valid),

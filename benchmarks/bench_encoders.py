@@ -1,8 +1,8 @@
 """Benchmark: transformer encoder throughput, length-bucketed vs the naive padded loop.
 
-    python jobs/bench_encoders.py --n 256                     # CPU, SELFIES-TED-sized random BART
-    python jobs/bench_encoders.py --n 20000 --precisions float32,bfloat16     # on a GPU machine
-    ray job submit --working-dir . -- python jobs/bench_encoders.py --n 20000  # runs on a GPU worker
+    python benchmarks/bench_encoders.py --n 256                     # CPU, SELFIES-TED-sized random BART
+    python benchmarks/bench_encoders.py --n 20000 --precisions float32,bfloat16     # on a GPU machine
+    ray job submit --working-dir . -- python benchmarks/bench_encoders.py --n 20000  # runs on a GPU worker
                                                                                # when the cluster has one
 
 The model is a random-weight BART at SELFIES-TED's size (12 encoder layers, d_model 1024,

@@ -5,9 +5,9 @@ Latency p50/p99 and throughput at 1, 8 and 32 concurrent HTTP clients, for singl
 prints the Serve overhead (latency ratio) and the throughput ratio, and checks the targets
 (single-molecule p50 < 20 ms; batched throughput >= 0.5 x in-process).
 
-    python jobs/bench_serve.py                          # local Ray, random-weights model
-    python jobs/bench_serve.py --model ./model
-    ray job submit --working-dir . -- python jobs/bench_serve.py --model /shared/model
+    python benchmarks/bench_serve.py                          # local Ray, random-weights model
+    python benchmarks/bench_serve.py --model ./model
+    ray job submit --working-dir . -- python benchmarks/bench_serve.py --model /shared/model
 
 Inside a job (RAY_ADDRESS set) it attaches with ray.init(); clients always hit 127.0.0.1, so the
 driver must run on a node with a Serve proxy (Serve puts one on every node by default), and the
@@ -142,8 +142,8 @@ def main(argv=None) -> int:
     from ray import serve
 
     from dmf_ray.inference import FusionEmbedder
-    from dmf_ray.random_model import save_random_model
-    from dmf_ray.serve import build_app
+    from dmf_ray.testing import save_random_model
+    from dmf_ray.pipelines.serve.app import build_app
 
     # The in-process baseline uses one torch thread, as each Serve replica does (torch's default
     # of one thread per core only fights the other processes on a small node).

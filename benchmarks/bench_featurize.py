@@ -1,7 +1,7 @@
 """Benchmark: `dmf featurize` throughput vs a plain single-process RDKit loop, store size, memory.
 
-    python jobs/bench_featurize.py --n 200000            # MOSES molecules from ../shared/data
-    ray job submit --working-dir . -- python jobs/bench_featurize.py --n 1000000
+    python benchmarks/bench_featurize.py --n 200000            # MOSES molecules from ../shared/data
+    ray job submit --working-dir . -- python benchmarks/bench_featurize.py --n 1000000
 
 Prints molecules/s of the pipeline with `ecfp`, the same for a plain loop (parse + Morgan counts)
 measured in the same run, their ratio against `cores x loop`, bytes per molecule in the store,
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where to put the input copy and the store (default: a temp dir)")
     args = parser.parse_args()
 
-    from dmf_ray.featurize import featurize
+    from dmf_ray.pipelines.featurize import featurize
     from dmf_ray.runtime import cluster_resources, ensure_ray
     from dmf_ray.store import EmbeddingStore
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dmf_ray.model import DynamicFusion, fusion_losses, sample_training_mask
+from dmf_ray.model.fusion import DynamicFusion, fusion_losses, sample_training_mask
 
 LOSS_TERMS = ("total", "reconstruction", "alignment", "diversity", "entropy", "sparsity")
 

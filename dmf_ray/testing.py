@@ -18,7 +18,7 @@ def save_random_model(directory: str | os.PathLike, smiles: list[str], modalitie
 
     from dmf_ray.artifact import save_fusion_model
     from dmf_ray.encoders import create_encoder
-    from dmf_ray.model import DynamicFusion, FusionConfig
+    from dmf_ray.model.fusion import DynamicFusion, FusionConfig
     from dmf_ray.molecules import parse_smiles
 
     torch.manual_seed(seed)
@@ -33,6 +33,6 @@ def save_random_model(directory: str | os.PathLike, smiles: list[str], modalitie
         stats[m] = (batch.values[ok].mean(0), batch.values[ok].std(0))
     model.set_normalization(stats)
     base = {"modalities": {m: e.spec() for m, e in encoders.items()},
-            "training": {"epochs": 0, "note": "random weights (dmf_ray.random_model)"}, "metrics": {}, "versions": {}}
+            "training": {"epochs": 0, "note": "random weights (dmf_ray.testing)"}, "metrics": {}, "versions": {}}
     save_fusion_model(directory, model, {**base, **(card or {})})
     return str(directory)

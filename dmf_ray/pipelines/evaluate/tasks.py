@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmf_ray.evaluation import splits as _splits
+from dmf_ray.pipelines.evaluate import splits as _splits
 
 SPLITS = ("train", "valid", "test")
 SPLIT_NAMES = ("provided", "scaffold", "random")
@@ -262,7 +262,7 @@ def load_task(
     ``split``: ``None`` means ``"provided"`` for a folder / three files and ``"scaffold"``
     for one file; ``"scaffold"`` or ``"random"`` on a folder pools the three files and
     re-splits them with ``fractions`` and ``seed`` (``balanced`` picks the seeded balanced
-    scaffold variant, see :func:`dmf_ray.evaluation.splits.scaffold_split`).
+    scaffold variant, see :func:`dmf_ray.pipelines.evaluate.splits.scaffold_split`).
     ``kind`` forces ``"classification"`` or ``"regression"`` instead of detecting it.
     """
     if split is not None and split not in SPLIT_NAMES:

@@ -1,4 +1,4 @@
-"""Downstream evaluation building blocks for ``dmf evaluate`` (no Ray, no torch).
+"""Downstream evaluation, ``dmf evaluate``: ``run`` (the workflow) and its building blocks (no Ray, no torch).
 
 Modules, imported explicitly by callers (nothing is re-exported here, so importing the
 package stays cheap):

@@ -1,9 +1,9 @@
 """Benchmark: `dmf train` (Ray Train) samples/s vs a plain single-process PyTorch loop, and
 `dmf embed` molecules/s vs featurize-only, all measured in the same run on the same machine.
 
-    python jobs/bench_train.py --n 20000                  # MOSES molecules from ../shared/data
-    python jobs/bench_train.py --store ./store --epochs 4 # reuse a store (no featurize/embed part)
-    ray job submit --working-dir . -- python jobs/bench_train.py --n 200000 --gpu
+    python benchmarks/bench_train.py --n 20000                  # MOSES molecules from ../shared/data
+    python benchmarks/bench_train.py --store ./store --epochs 4 # reuse a store (no featurize/embed part)
+    ray job submit --working-dir . -- python benchmarks/bench_train.py --n 200000 --gpu
 
 Training: every side trains the same model (same config, seed, normalisation, global batch and
 masking schedule) on the same training split. Ray Train runs in each layout of --configs
@@ -85,10 +85,10 @@ def plain_loop(store_uri: str, config, threads: int, device: str) -> list[float]
     import numpy as np
     import torch
 
-    from dmf_ray.model import DynamicFusion
+    from dmf_ray.model.fusion import DynamicFusion
     from dmf_ray.store import EmbeddingStore
-    from dmf_ray.training.data import batch_moments, scale_of, validation_mask
-    from dmf_ray.training.step import make_optimizer, train_step
+    from dmf_ray.pipelines.train.data import batch_moments, scale_of, validation_mask
+    from dmf_ray.pipelines.train.step import make_optimizer, train_step
 
     store = EmbeddingStore.open(store_uri)
     names = config.modalities or list(store.modalities)
@@ -126,7 +126,7 @@ def plain_loop(store_uri: str, config, threads: int, device: str) -> list[float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/bench_train.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/bench_train.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20000, help="molecules to featurize from --source (default 20000)")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
                         help="SMILES source (default ../shared/data/moses/train.csv.gz; RDKit's first_5K.smi if absent)")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from dmf_ray.runtime import cluster_resources, ensure_ray
-    from dmf_ray.train import TrainConfig, read_metrics_file, train
+    from dmf_ray.pipelines.train.driver import TrainConfig, read_metrics_file, train
 
     ensure_ray(dashboard=True)  # Ray Train
     import ray
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.store:
             store = args.store
         else:
-            from dmf_ray.featurize import featurize
+            from dmf_ray.pipelines.featurize import featurize
 
             source = args.source if args.source.exists() else rdkit_sample()
             smiles = read_smiles(source, args.n)
@@ -244,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.skip_embed and "featurize" in figures:
             try:
-                from dmf_ray.embed import embed
+                from dmf_ray.pipelines.embed import embed
             except ImportError:
-                print("embed: dmf_ray.embed is not available; skipped")
+                print("embed: dmf_ray.pipelines.embed is not available; skipped")
             else:
                 out = workdir / "fused"
                 started = time.perf_counter()

@@ -105,7 +105,7 @@ def _merged(base: dict, override: dict) -> dict:
 
 
 class ServeArgs(_Args):
-    """Everything the app is built from. ``import_path: dmf_ray.serve:build_app`` + ``args:``."""
+    """Everything the app is built from. ``import_path: dmf_ray.pipelines.serve.app:build_app`` + ``args:``."""
 
     model_dir: str = Field(..., description="trained model directory (config.json + model.safetensors): a "
                            "path every node reads, or a URI (s3://, gs://) each replica fetches once per node")

@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from dmf_ray.evaluation import metrics as _metrics
+from dmf_ray.pipelines.evaluate import metrics as _metrics
 
 GRIDS: dict[str, list[dict]] = {
     "classification": [{"min_samples_leaf": 1}, {"min_samples_leaf": 3}],
@@ -155,7 +155,7 @@ def fit_and_score(
 
     Returns ``{"metric", "test_metric", "valid_metric", "test", "valid", "params", "grid",
     "selected_on", "skipped_tasks", "n_imputed", "fit_seconds"}`` (+ ``"predictions"``), where
-    ``test``/``valid`` are :func:`dmf_ray.evaluation.metrics.score` dicts and ``params`` the
+    ``test``/``valid`` are :func:`dmf_ray.pipelines.evaluate.metrics.score` dicts and ``params`` the
     chosen forest parameters (JSON-serialisable).
     """
     _metrics.check_kind(kind)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dmf_ray.model import DynamicFusion, FusionConfig, MaskSchedule
-from dmf_ray.training.step import LOSS_TERMS, make_optimizer, train_step, validation_sums
+from dmf_ray.model.fusion import DynamicFusion, FusionConfig, MaskSchedule
+from dmf_ray.pipelines.train.step import LOSS_TERMS, make_optimizer, train_step, validation_sums
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
@@ -121,7 +121,7 @@ def _progress(line: str, local_mode: bool) -> None:
     if local_mode:
         print(line, flush=True)
     else:
-        logging.getLogger("dmf_ray.train").info(line)
+        logging.getLogger("dmf_ray.pipelines.train.driver").info(line)
 
 
 def _quiet_ray_report_log() -> None:

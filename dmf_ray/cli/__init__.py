@@ -26,7 +26,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dmf_ray.inputs import InputError
     from dmf_ray.store import StoreError
 
-    from dmf_ray.train import TrainingError
+    from dmf_ray.pipelines.train.driver import TrainingError
 
     return (CliError, InputError, StoreError, UnknownEncoderError, TrainingError, FileNotFoundError, NotADirectoryError, ValueError)
 
@@ -46,7 +46,7 @@ def _rdkit_sample_file() -> str:
 
 # ---- featurize / store -------------------------------------------------------------------
 def cmd_featurize(args: argparse.Namespace) -> int:
-    from dmf_ray.featurize import featurize, resolve_encoders
+    from dmf_ray.pipelines.featurize import featurize, resolve_encoders
     from dmf_ray.inputs import discover_inputs
     from dmf_ray.runtime import ensure_ray
 
@@ -93,7 +93,7 @@ def _print_store_info(uri: str, as_json: bool) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dmf_ray.runtime import ensure_ray
-    from dmf_ray.train import config_from_args, train
+    from dmf_ray.pipelines.train.driver import config_from_args, train
 
     from dmf_ray.store import EmbeddingStore
 
@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from dmf_ray.artifact import read_model_config
-    from dmf_ray.embed import embed
+    from dmf_ray.pipelines.embed import embed
     from dmf_ray.inference import choose_modalities
     from dmf_ray.runtime import ensure_ray
 
@@ -129,14 +129,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dmf_ray.serve import run_server
+    from dmf_ray.pipelines.serve.app import run_server
 
     run_server(args.model, host=args.host, port=args.port)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dmf_ray.evaluate import config_from_args, evaluate
+    from dmf_ray.pipelines.evaluate.run import config_from_args, evaluate
 
     result = evaluate(config_from_args(args), log=_log)  # no Ray: forests and a process pool
     _log(f"report: {os.path.join(result.out, 'report.md')} ({result.seconds:.0f} s)")
@@ -145,11 +145,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """featurize -> train a few epochs -> embed, on RDKit's bundled molecules, offline."""
-    from dmf_ray.embed import embed
+    from dmf_ray.pipelines.embed import embed
     from dmf_ray.encoders import DEFAULT_ENCODERS
-    from dmf_ray.featurize import featurize
+    from dmf_ray.pipelines.featurize import featurize
     from dmf_ray.runtime import ensure_ray
-    from dmf_ray.train import TrainConfig, train
+    from dmf_ray.pipelines.train.driver import TrainConfig, train
 
     sample = _rdkit_sample_file()
     if not os.path.exists(sample):
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray_options(p)
     p.set_defaults(func=cmd_featurize)
 
-    from dmf_ray.train import add_train_arguments
+    from dmf_ray.pipelines.train.driver import add_train_arguments
 
     p = sub.add_parser("train", help="train the fusion model on a store with Ray Train (DDP, progressive masking)")
     add_train_arguments(p)
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray_options(p)
     p.set_defaults(func=cmd_embed)
 
-    from dmf_ray.evaluate import add_arguments as add_evaluate_arguments
+    from dmf_ray.pipelines.evaluate.run import add_arguments as add_evaluate_arguments
 
     p = sub.add_parser("evaluate", help="downstream benchmark of a model: Table 1, robustness, reconstruction, attention")
     add_evaluate_arguments(p)

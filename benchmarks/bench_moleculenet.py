@@ -1,9 +1,9 @@
 """Benchmark: the paper's Table 1 on the six MoleculeNet classification tasks, with our encoders.
 
-    python jobs/bench_moleculenet.py                                  # pretrain on ZINC, evaluate all six
-    python jobs/bench_moleculenet.py --tasks bace,bbbp --seeds 3      # a quick subset
-    python jobs/bench_moleculenet.py --model ./model                  # evaluate an existing model
-    ray job submit --working-dir . -- python jobs/bench_moleculenet.py --corpus-size 86334 --epochs 20
+    python benchmarks/bench_moleculenet.py                                  # pretrain on ZINC, evaluate all six
+    python benchmarks/bench_moleculenet.py --tasks bace,bbbp --seeds 3      # a quick subset
+    python benchmarks/bench_moleculenet.py --model ./model                  # evaluate an existing model
+    ray job submit --working-dir . -- python benchmarks/bench_moleculenet.py --corpus-size 86334 --epochs 20
 
 Steps, each timed:
 
@@ -13,7 +13,7 @@ Steps, each timed:
    The downstream tasks are never part of the corpus; ``report.md`` counts any task molecule
    that happens to be in it. ``--untrained`` writes a random-weights model instead (normalised
    on the corpus), the control that shows what pretraining adds.
-2. evaluate (``dmf_ray.evaluate``): every task on the provided split and on a Bemis-Murcko
+2. evaluate (``dmf_ray.pipelines.evaluate.run``): every task on the provided split and on a Bemis-Murcko
    scaffold split computed here (``--splits``), in one run so molecules are encoded once.
 3. print the Table 1 analogue per split as markdown, fusion against the best single modality
    and the all-modality concatenation measured in the same run, and against the paper's
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-workers", type=int, default=1, help="Ray Train workers (0: in-process)")
     p.add_argument("--seeds", type=int, default=3, help="downstream seeds")
     p.add_argument("--robustness", choices=("inference", "refit", "none"), default="inference",
-                   help="Figure 2 protocol (see dmf_ray.evaluate)")
+                   help="Figure 2 protocol (see dmf_ray.pipelines.evaluate.run)")
     p.add_argument("--n-jobs", type=int, default=2, help="cores per forest fit")
     p.add_argument("--n-estimators", type=int, default=None, help="trees per forest (default: 300, 100 on large tasks)")
     p.add_argument("--work-dir", default=str(ROOT / "out" / "bench_moleculenet"), help="store/, model/, report/ go here")
@@ -103,7 +103,7 @@ def corpus_file(args, work: Path) -> Path:
 
 
 def pretrain(args, work: Path, timings: dict) -> str:
-    from dmf_ray.featurize import featurize
+    from dmf_ray.pipelines.featurize import featurize
     from dmf_ray.runtime import ensure_ray
 
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
@@ -118,7 +118,7 @@ def pretrain(args, work: Path, timings: dict) -> str:
     if args.untrained:
         model_dir = untrained_model(store, encoders, args.latent_dim, work / "model-untrained")
     else:
-        from dmf_ray.train import TrainConfig, train
+        from dmf_ray.pipelines.train.driver import TrainConfig, train
 
         model_dir = str(work / "model")
         train(TrainConfig(store=store, out=model_dir, modalities=encoders, epochs=args.epochs,
@@ -132,7 +132,7 @@ def untrained_model(store_uri: str, encoders: list[str], latent_dim: int, out: P
     import torch
 
     from dmf_ray.artifact import save_fusion_model
-    from dmf_ray.model import DynamicFusion, FusionConfig
+    from dmf_ray.model.fusion import DynamicFusion, FusionConfig
     from dmf_ray.store import EmbeddingStore
 
     store = EmbeddingStore.open(store_uri)
@@ -154,7 +154,7 @@ def untrained_model(store_uri: str, encoders: list[str], latent_dim: int, out: P
 
 
 def task_specs(args):
-    from dmf_ray.evaluate import TaskSpec
+    from dmf_ray.pipelines.evaluate.run import TaskSpec
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     specs = []
@@ -169,7 +169,7 @@ def task_specs(args):
 
 
 def markdown_tables(summary: dict, tasks: list[str], splits: list[str]) -> str:
-    from dmf_ray.evaluation.report import order_rows
+    from dmf_ray.pipelines.evaluate.report import order_rows
 
     lines = []
     for split in splits:
@@ -240,7 +240,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from dmf_ray.evaluate import EvaluateConfig, evaluate, load_tasks
+    from dmf_ray.pipelines.evaluate.run import EvaluateConfig, evaluate, load_tasks
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     specs, splits = task_specs(args)
     config = EvaluateConfig(model=args.model or str(work / "model"), tasks=specs, out=str(work / "report"),
                             seeds=args.seeds, robustness=args.robustness, n_jobs=args.n_jobs,
-                            n_estimators=args.n_estimators, title="MoleculeNet benchmark (jobs/bench_moleculenet.py)")
+                            n_estimators=args.n_estimators, title="MoleculeNet benchmark (benchmarks/bench_moleculenet.py)")
     if not args.model:
         config.validate()
         load_tasks(config)  # a task that cannot be loaded fails now, not after pretraining

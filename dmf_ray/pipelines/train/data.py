@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dmf_ray.store import IN_MEMORY_JOIN_MAX_BYTES
-from dmf_ray.training.config import TrainConfig
+from dmf_ray.pipelines.train.config import TrainConfig
 
 _SPLIT_PERSON = b"dmf-valsplit"  # blake2b personalisation: the split is independent of mol_id's own hash
 

@@ -1,1 +1,0 @@
-"""The pieces of ``dmf_ray.serve``: typed app arguments and the HTTP API's bodies."""
