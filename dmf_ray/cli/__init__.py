@@ -135,10 +135,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dmf_ray.pipelines.evaluate.run import config_from_args, evaluate
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One flag per field of a pydantic config: ``--name-with-dashes`` (or the field's
+    ``json_schema_extra["flag"]``), its description as help, Literal choices, repeatable lists,
+    ``--x/--no-x`` booleans. Values go to pydantic as text: it converts and checks them all."""
+    import typing
 
-    result = evaluate(config_from_args(args), log=_log)  # no Ray: forests and a process pool
+    for name, field in config_cls.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        kinds = (field.annotation, *typing.get_args(field.annotation))
+        kw: dict = {"dest": name, "default": None, "required": field.is_required(), "metavar": extra.get("metavar")}
+        literal = [k for k in kinds if typing.get_origin(k) is typing.Literal]
+        if literal:
+            kw.update(choices=typing.get_args(literal[0]), metavar=None)
+        if field.annotation is bool:
+            kw.update(action=argparse.BooleanOptionalAction, metavar=None)
+        elif any(typing.get_origin(k) is list for k in kinds):
+            kw["action"] = "append"
+        value = None if field.is_required() else field.get_default(call_default_factory=True)
+        default = "" if value in (None, False) else f" (default: {value})"
+        parser.add_argument(str(extra.get("flag", "--" + name.replace("_", "-"))),
+                            help=f"{field.description}{default}", **kw)
+
+
+def _config_from_flags(args: argparse.Namespace, config_cls):
+    """The pydantic config from the flags given (the others keep the config's defaults)."""
+    return config_cls(**{n: getattr(args, n) for n in config_cls.model_fields if getattr(args, n, None) is not None})
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dmf_ray.pipelines.evaluate import EvaluateConfig, evaluate
+
+    result = evaluate(_config_from_flags(args, EvaluateConfig), log=_log)  # no Ray: forests and a process pool
     _log(f"report: {os.path.join(result.out, 'report.md')} ({result.seconds:.0f} s)")
     return 0
 
@@ -229,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     ray_options(p)
     p.set_defaults(func=cmd_embed)
 
-    from dmf_ray.pipelines.evaluate.run import add_arguments as add_evaluate_arguments
+    from dmf_ray.pipelines.evaluate.config import EvaluateConfig
 
     p = sub.add_parser("evaluate", help="downstream benchmark of a model: Table 1, robustness, reconstruction, attention")
-    add_evaluate_arguments(p)
+    _add_config_flags(p, EvaluateConfig)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="serve a trained model over HTTP with Ray Serve (blocking; Ctrl-C stops)")
