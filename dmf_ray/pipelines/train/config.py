@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from dmf_ray.model.fusion import MASK_SCHEDULE_KINDS, FusionConfig, MaskSchedule
+from dmf_ray.model import MASK_SCHEDULE_KINDS, FusionConfig, MaskSchedule
 
 TRAIN_DIR = "_ray_train"
 RUN_FILE = "run.json"
@@ -15,11 +15,11 @@ DATA_LOADING = ("auto", "driver", "distributed")
 
 
 def _fusion_default(name: str):
-    return next(f.default for f in fields(FusionConfig) if f.name == name)
+    return FusionConfig.model_fields[name].default
 
 
 def _schedule_default(name: str):
-    return next(f.default for f in fields(MaskSchedule) if f.name == name)
+    return MaskSchedule.model_fields[name].default
 
 
 # --------------------------------------------------------------------------------------------

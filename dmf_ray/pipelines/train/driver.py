@@ -49,12 +49,13 @@ import torch
 
 from dmf_ray import __version__
 from dmf_ray.files import exists, join, join_uri, redact, resolve
-from dmf_ray.model.fusion import DynamicFusion
+from dmf_ray.model import DynamicFusion
 from dmf_ray.files import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, is_remote, mirror_files, publish_model,
                             staging_dir, upload_file)
 from dmf_ray.pipelines.train.config import (_OPERATIONAL, RUN_FILE, TRAIN_DIR, TrainConfig, TrainingError, TrainResult,
                                      add_train_arguments, config_from_args)
-from dmf_ray.pipelines.train.data import load_training_data, scale_of
+from dmf_ray.model.normalization import scale_of
+from dmf_ray.pipelines.train.data import load_training_data
 from dmf_ray.pipelines.train.worker import (_load_checkpoint, _train_loop_per_worker, format_metrics, read_metrics_file,
                                      write_metrics_file)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dmf_ray.model.fusion import DynamicFusion, FusionConfig, MaskSchedule
+from dmf_ray.model import DynamicFusion, FusionConfig, MaskSchedule
 from dmf_ray.pipelines.train.step import LOSS_TERMS, make_optimizer, train_step, validation_sums
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
