@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 _SEP = "\n  - "
+_FIELD_FIRST = re.compile(r"^[A-Za-z_][\w.]*: ")
 
 
 class ConfigError(ValueError):
@@ -18,6 +20,13 @@ class ConfigError(ValueError):
         super().__init__(f"invalid {what}:{_SEP}" + _SEP.join(self.problems))
 
 
+def _under(where: str, problem: str) -> str:
+    # 'latent_dim: must be ...' of a config nested as 'model' -> 'model.latent_dim: must be ...'
+    if not where:
+        return problem
+    return f"{where}.{problem}" if _FIELD_FIRST.match(problem) else f"{where}: {problem}"
+
+
 def problem_lines(error: ValidationError) -> list[str]:
     """One line per problem of a pydantic ValidationError: '<field.path>: <message>, got <value>'."""
     lines = []
@@ -25,7 +34,7 @@ def problem_lines(error: ValidationError) -> list[str]:
         where = ".".join(str(p) for p in e["loc"])
         inner = (e.get("ctx") or {}).get("error")
         if isinstance(inner, ConfigError):  # a nested config: its own lines, under its field name
-            lines += [f"{where}: {p}" if where else p for p in inner.problems]
+            lines += [_under(where, p) for p in inner.problems]
         elif e["type"] == "value_error":
             lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}" if where else e["msg"])
         else:
