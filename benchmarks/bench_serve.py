@@ -143,7 +143,7 @@ def main(argv=None) -> int:
 
     from dmf_ray.inference import FusionEmbedder
     from dmf_ray.testing import save_random_model
-    from dmf_ray.pipelines.serve.app import build_app
+    from dmf_ray.pipelines.serve import build_app
 
     # The in-process baseline uses one torch thread, as each Serve replica does (torch's default
     # of one thread per core only fights the other processes on a small node).
