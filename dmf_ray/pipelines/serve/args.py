@@ -124,8 +124,9 @@ class ServeArgs(_Args):
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered in this time -> 504")
     handle_retries: int = Field(2, ge=0, description="retries of a backend call whose replica died mid-request")
     encode_step_atoms: int = Field(
-        2000, ge=1, description="heavy atoms the encoder replica takes per step, shared fairly between the "
-        "requests waiting (at least one molecule each): a small request waits for at most one step of a large one"
+        200, ge=1, description="heavy atoms a CPU encoder replica takes per step, shared fairly between the "
+        "requests waiting (at least one molecule each): a small request waits for at most one step of a large one "
+        "(~2 molecules of 100 heavy atoms, ~50 ms with rdkit2d on one core)"
     )
     access_log: bool = Field(False, description="Serve's per-request access log lines (proxy and replicas)")
     num_cpus: int | None = Field(

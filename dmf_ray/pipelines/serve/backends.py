@@ -47,9 +47,11 @@ def heavy_atom_counts(molecules: list[Molecule]) -> list[int]:
 class Encoders:
     """Some of the model's encoders, rebuilt from the model card (config.json)."""
 
-    def __init__(self, model_dir: str, modalities: list[str], step_atoms: int, max_step_molecules: int):
+    def __init__(self, model_dir: str, modalities: list[str], step_atoms: int, max_step_molecules: int,
+                 together: bool = False):
         specs = read_model_config(model_dir).get("modalities", {})
-        self.queue = EncodeQueue({m: encoder_from_spec(specs[m]) for m in modalities}, step_atoms, max_step_molecules)
+        self.queue = EncodeQueue({m: encoder_from_spec(specs[m]) for m in modalities}, step_atoms, max_step_molecules,
+                                 together)
         self._probe = [parse_smiles("CCO")]
 
     async def encode(self, call: EncodeCall) -> dict[str, EncodedBatch]:

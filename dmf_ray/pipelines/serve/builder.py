@@ -111,8 +111,12 @@ def build_app(args: ServeArgs | dict) -> serve.Application:
     encoders = {}
     for name, mods in groups.items():
         d, gpus = roles[name]
+        # A GPU encoder batches across requests (a batch costs about the same for 1 or 512
+        # molecules); CPU encoders loop per molecule, so small steps cost nothing and keep it fair.
+        gpu = name != CPU_ENCODERS
+        step_atoms = max(args.encode_step_atoms, 64 * d.max_batch_molecules) if gpu else args.encode_step_atoms
         encoders[name] = Encoders.options(name=name, **deployment_options(d, gpus, log)).bind(
-            args.model_dir, mods, args.encode_step_atoms, d.max_batch_molecules)
+            args.model_dir, mods, step_atoms, d.max_batch_molecules, gpu)
     fusion = None
     if args.separate_fusion:
         f, gpus = roles[FUSION]

@@ -33,18 +33,24 @@ class HTTPError(Exception):
         self.status, self.detail, self.extra = status, detail, extra
 
 
+def _default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
 def json_response(body: Any, status: int = 200):
     """A FastAPI Response with ``body`` as JSON (numpy arrays and scalars included)."""
     from fastapi.responses import Response
 
-    def default(obj):
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        if isinstance(obj, np.generic):
-            return obj.item()
-        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return Response(json.dumps(body, default=_default), status_code=status, media_type="application/json")
 
-    return Response(json.dumps(body, default=default), status_code=status, media_type="application/json")
+
+def encode_items(items: list) -> bytes:
+    """The JSON of ``items`` joined by ", " without the brackets (a part of a JSON list)."""
+    return ", ".join(json.dumps(item, default=_default) for item in items).encode()
 
 
 def clip(value: Any, limit: int = 80) -> str:

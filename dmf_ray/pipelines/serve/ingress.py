@@ -45,8 +45,9 @@ from dmf_ray.pipelines.serve.api import (ERROR_RESPONSES, EmbedRequest, EmbedRes
 from dmf_ray.pipelines.serve.args import ServeArgs
 from dmf_ray.pipelines.serve.backends import FusionRunner
 from dmf_ray.pipelines.serve.calls import EncodeCall, FuseCall
-from dmf_ray.pipelines.serve.errors import HTTPError, body_schema, install_handlers, json_response, read_body
-from dmf_ray.pipelines.serve.limits import check_limits
+from dmf_ray.pipelines.serve.errors import (HTTPError, body_schema, encode_items, install_handlers, json_response,
+                                            read_body)
+from dmf_ray.pipelines.serve.limits import check_heavy_atoms, check_sizes
 from dmf_ray.pipelines.serve.responses import Clock, describe_model, hidden_item
 
 logger = logging.getLogger("ray.serve")
@@ -59,6 +60,7 @@ api = FastAPI(
 install_handlers(api)
 
 PROBE = "CCO"
+CHUNK = 16  # SMILES parsed, or items encoded as JSON, per turn of the CPU thread
 
 
 @serve.deployment
@@ -137,10 +139,26 @@ class Ingress(FusionRunner):
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
-    def _limit_and_parse(self, smiles: list[str]):
-        a = self.args
-        check_limits(smiles, a.max_smiles_per_request, a.max_smiles_length, a.max_heavy_atoms)
-        return parse_inputs(smiles)
+    async def _limit_and_parse(self, smiles: list[str]):
+        """Limits, then parse (results slots, molecules, input index of each), chunk by chunk in
+        the CPU thread so another request's chunks can go in between."""
+        check_sizes(smiles, self.args.max_smiles_per_request, self.args.max_smiles_length)
+        for start in range(0, len(smiles), CHUNK):
+            await self._in_thread(check_heavy_atoms, smiles[start:start + CHUNK], self.args.max_heavy_atoms, start)
+        results, molecules, where = [], [], []
+        for start in range(0, len(smiles), CHUNK):
+            r, m, w = await self._in_thread(parse_inputs, smiles[start:start + CHUNK])
+            results += r
+            molecules += m
+            where += [start + i for i in w]
+        return results, molecules, where
+
+    async def _json(self, results: list[dict]) -> Response:
+        """{"results": results} as JSON, encoded chunk by chunk in the CPU thread."""
+        parts = []
+        for start in range(0, len(results), CHUNK):
+            parts.append(await self._in_thread(encode_items, results[start:start + CHUNK]))
+        return Response(b'{"results": [' + b", ".join(p for p in parts if p) + b"]}", media_type="application/json")
 
     async def _call(self, method, *payload):
         """Await a backend call. Cancelled (request timed out or client gone): cancel the backend
@@ -188,7 +206,7 @@ class Ingress(FusionRunner):
 
     async def _embed(self, smiles: list[str], use: list[str], gates: bool, recon: bool) -> Response:
         clock = Clock()
-        results, molecules, where = await self._in_thread(self._limit_and_parse, smiles)
+        results, molecules, where = await self._limit_and_parse(smiles)
         clock.lap("parse")
         if molecules:
             batches = await self._encode(molecules, use)
@@ -198,13 +216,13 @@ class Ingress(FusionRunner):
             clock.lap("fuse")
             fill_results(results, smiles, where, molecules, self.modalities, present, errors, fused)
         self._require_one_valid(results)
-        response = await self._in_thread(json_response, {"results": results})
+        response = await self._json(results)
         clock.lap("json")
         response.headers["Server-Timing"] = clock.header()
         return response
 
     async def _reconstruct(self, smiles: list[str], visible: list[str], hidden: list[str]) -> Response:
-        results, molecules, where = await self._in_thread(self._limit_and_parse, smiles)
+        results, molecules, where = await self._limit_and_parse(smiles)
         if molecules:
             batches = await self._encode(molecules, visible + hidden)
             seen = {m: b for m, b in batches.items() if m in visible}
@@ -223,4 +241,4 @@ class Ingress(FusionRunner):
                     results[i]["hidden"] = {m: hidden_item(recon[m][k], scores[m], k, batches[m].errors[k])
                                             for m in hidden}
         self._require_one_valid(results)
-        return await self._in_thread(json_response, {"results": results})
+        return await self._json(results)

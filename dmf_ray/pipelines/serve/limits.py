@@ -23,9 +23,9 @@ def heavy_atoms(smiles: str) -> int | None:
     return None if mol is None else mol.GetNumHeavyAtoms()
 
 
-def check_limits(smiles: Sequence[str], max_smiles: int, max_length: int, max_heavy_atoms: int) -> None:
-    """Raise HTTPError (413 too many SMILES; 422 a SMILES too long or too heavy, naming its
-    index, its size and the limit) for the first limit ``smiles`` breaks."""
+def check_sizes(smiles: Sequence[str], max_smiles: int, max_length: int) -> None:
+    """Raise HTTPError for too many SMILES (413) or one too long (422, naming its index, its
+    length and the limit). Cheap: no parsing."""
     if len(smiles) > max_smiles:
         raise HTTPError(413, f"{len(smiles)} SMILES in one request; the limit is {max_smiles} "
                              "(max_smiles_per_request): split the request")
@@ -33,8 +33,19 @@ def check_limits(smiles: Sequence[str], max_smiles: int, max_length: int, max_he
         if len(text) > max_length:
             raise HTTPError(422, f"smiles[{i}] is {len(text)} characters long; the limit is {max_length} "
                                  f"(max_smiles_length): {clip(text)}")
-    for i, text in enumerate(smiles):
+
+
+def check_heavy_atoms(smiles: Sequence[str], limit: int, first_index: int = 0) -> None:
+    """Raise HTTPError 422 for the first SMILES with more than ``limit`` heavy atoms, naming its
+    index (``first_index`` is the index of ``smiles[0]`` in the request), its size and the limit."""
+    for i, text in enumerate(smiles, start=first_index):
         n = heavy_atoms(text)
-        if n is not None and n > max_heavy_atoms:
-            raise HTTPError(422, f"smiles[{i}] has {n} heavy atoms; the limit is {max_heavy_atoms} "
+        if n is not None and n > limit:
+            raise HTTPError(422, f"smiles[{i}] has {n} heavy atoms; the limit is {limit} "
                                  f"(max_heavy_atoms): {clip(text)}")
+
+
+def check_limits(smiles: Sequence[str], max_smiles: int, max_length: int, max_heavy_atoms: int) -> None:
+    """Every limit at once (``check_sizes`` then ``check_heavy_atoms``)."""
+    check_sizes(smiles, max_smiles, max_length)
+    check_heavy_atoms(smiles, max_heavy_atoms)
