@@ -298,7 +298,8 @@ def test_timed_out_request_work_is_dropped(service):
     settled = encoder_stats(SPLIT_APP)
     time.sleep(3)
     after = encoder_stats(SPLIT_APP)
-    assert after["encoded"] == settled["encoded"], (before, settled, after)  # nothing more computed
+    # Nothing more computed (but Serve's health check, one probe molecule per 10 s).
+    assert after["encoded"] - settled["encoded"] <= 1, (before, settled, after)
     assert after["encoded"] - before["encoded"] < SPLIT_MAX_SMILES // 4
     assert after["dropped"] - before["dropped"] > SPLIT_MAX_SMILES // 2
     # The service answers at once afterwards.

@@ -65,31 +65,49 @@ def _local_gpu_fallback(args: ServeArgs) -> ServeArgs:
     return args.model_copy(update={"gpu_encoders": args.gpu_encoders.model_copy(update={"num_gpus": 0.0})})
 
 
-def _wait_for_stop_signal() -> int:
-    """Block until SIGINT or SIGTERM; returns the signal. Later signals are ignored while the
-    caller stops (a second Ctrl-C must not interrupt the clean-up half way)."""
-    stop = threading.Event()
-    got: list[int] = []
+class StopRequested(BaseException):
+    """SIGINT / SIGTERM arrived while the service was starting."""
 
-    def handler(signum, frame):
-        got.append(signum)
-        stop.set()
 
-    for s in STOP_SIGNALS:
-        signal.signal(s, handler)
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
+class _StopSignals:
+    """SIGINT and SIGTERM stop the service, at any moment: while it starts they interrupt the
+    start-up (``StopRequested``); once it runs they set ``event``. Later signals are ignored
+    while stopping, so a second Ctrl-C cannot interrupt the clean-up half way.
+
+    Installed again after ``ray.init``: Ray replaces SIGTERM with a handler that exits the
+    interpreter mid-call, and its core worker's fatal-signal handler then aborts the process
+    (the SIGABRT seen after ``kill``)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.starting = True
+
+    def _handler(self, signum, frame) -> None:
+        first = not self.event.is_set()
+        self.event.set()
+        if first and self.starting:
+            raise StopRequested(signum)
+
+    def install(self) -> None:
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._handler)
+
+    def ignore(self) -> None:
         for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
-    return got[0]
+
+    def wait(self) -> None:
+        self.starting = False
+        while not self.event.wait(1.0):
+            pass
 
 
 def _stop(app_name: str, serve_was_running: bool, ray_started: bool) -> None:
     import ray
     from ray import serve
 
+    if not ray.is_initialized():
+        return
     # Quiet: replicas being torn down on purpose are not errors worth a paragraph.
     logging.getLogger("ray.serve").setLevel(logging.CRITICAL)
     try:
@@ -97,9 +115,22 @@ def _stop(app_name: str, serve_was_running: bool, ray_started: bool) -> None:
             serve.delete(app_name)
         else:
             serve.shutdown()
+    except Exception as exc:  # noqa: BLE001 - the cluster goes next anyway when we started it
+        print(f"stopping Serve: {type(exc).__name__}: {exc}", flush=True)
     finally:
         if ray_started:
             ray.shutdown()
+
+
+def _deploy(serve_args: ServeArgs, host: str, port: int, app_name: str) -> None:
+    from ray import serve
+
+    from dmf_ray.pipelines.serve.builder import build_app
+
+    # The proxy's own timeout backs up the app's: a little longer, so the app's 504 names the cause.
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": serve_args.request_timeout_s + 5},
+                logging_config={"enable_access_log": serve_args.access_log})
+    serve.run(build_app(serve_args), name=app_name, route_prefix="/")
 
 
 def run_server(
@@ -113,37 +144,43 @@ def run_server(
     """Serve ``model_dir`` at http://host:port/ on the Ray cluster of RAY_ADDRESS, else on a
     local one (``args.num_cpus`` CPUs); returns the URL. ``args``: any other ServeArgs fields.
 
-    Blocking: runs until SIGINT / SIGTERM, then deletes the app, stops Serve (if it started it)
-    and the local Ray (if it started it). Non-blocking: returns once the app is up; the caller
-    deletes it. Raises ValueError / FileNotFoundError (one line) for a model that cannot be
-    served, before Ray starts."""
+    Blocking: runs until SIGINT / SIGTERM (also while starting), then deletes the app, stops
+    Serve (if it started it) and the local Ray (if it started it), and returns. Non-blocking:
+    returns once the app is up; the caller deletes it. Raises ValueError / FileNotFoundError
+    (one line) for a model that cannot be served, before Ray starts."""
     from dmf_ray.artifact import read_model_config
-    from dmf_ray.pipelines.serve.builder import build_app, encoder_groups
+    from dmf_ray.pipelines.serve.builder import encoder_groups
 
     base = args.model_dump() if isinstance(args, ServeArgs) else dict(args or {})
     serve_args = ServeArgs.model_validate({**base, "model_dir": model_dir})
     encoder_groups(read_model_config(serve_args.model_dir))  # a bad model fails before Ray starts
-    ray_started = _start_ray(serve_args.num_cpus)
-    from ray import serve
-
-    serve_was_running = False
-    try:
-        serve_args = _local_gpu_fallback(serve_args)
-        serve_was_running = bool(serve.status().proxies)
-        # The proxy's own timeout backs up the app's: a little longer, so the app's 504 names the cause.
-        serve.start(http_options={"host": host, "port": port, "request_timeout_s": serve_args.request_timeout_s + 5},
-                    logging_config={"enable_access_log": serve_args.access_log})
-        serve.run(build_app(serve_args), name=app_name, route_prefix="/")
-    except BaseException:
-        _stop(app_name, serve_was_running, ray_started)
-        raise
     url = f"http://{host}:{port}"
-    print(f"serving {serve_args.model_dir} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
-    if not blocking:
-        return url
+    signals = _StopSignals() if blocking else None
+    state = {"ray_started": False, "serve_was_running": True}
     try:
-        _wait_for_stop_signal()
-        print("stopping the service ...", flush=True)
-    finally:
-        _stop(app_name, serve_was_running, ray_started)
+        if signals:
+            signals.install()
+        import ray
+
+        # Known before ray.init, so a signal in the middle of it still stops what it started.
+        state["ray_started"] = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+        _start_ray(serve_args.num_cpus)
+        if signals:
+            signals.install()  # ray.init replaced SIGTERM's handler
+        from ray import serve
+
+        state["serve_was_running"] = bool(serve.status().proxies)
+        _deploy(_local_gpu_fallback(serve_args), host, port, app_name)
+        print(f"serving {serve_args.model_dir} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
+        if not blocking:
+            return url
+        signals.wait()
+    except StopRequested:
+        pass
+    except BaseException:
+        _stop(app_name, state["serve_was_running"], state["ray_started"])
+        raise
+    signals.ignore()
+    print("stopping the service ...", flush=True)
+    _stop(app_name, state["serve_was_running"], state["ray_started"])
     return url
