@@ -30,6 +30,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
@@ -38,8 +39,10 @@ from ray.exceptions import RayActorError
 from dmf_ray import __version__
 from dmf_ray.artifact import read_model_config
 from dmf_ray.encoders import EncodedBatch
-from dmf_ray.inference import FusedBatch, choose_modalities, fill_results, merge_encoded, parse_inputs
-from dmf_ray.molecules import Molecule, mol_to_bytes
+from dmf_ray.encoders.batch import EncodedInputs
+from dmf_ray.inference import FusedBatch, choose_modalities, input_results
+from dmf_ray.modalities import ModalityBatch
+from dmf_ray.molecules import InvalidSmilesError, Molecule, iter_parsed, mol_to_bytes
 from dmf_ray.pipelines.serve.api import (ERROR_RESPONSES, EmbedRequest, EmbedResponse, ModelCard, ReconstructRequest,
                                          ReconstructResponse)
 from dmf_ray.pipelines.serve.args import ServeArgs
@@ -139,19 +142,26 @@ class Ingress(FusionRunner):
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
-    async def _limit_and_parse(self, smiles: list[str]):
-        """Limits, then parse (results slots, molecules, input index of each), chunk by chunk in
-        the CPU thread so another request's chunks can go in between."""
+    async def _limit_and_parse(self, smiles: list[str]) -> tuple[list[Molecule], list[int], dict]:
+        """Limits, then parse: (molecules, the input position of each, {position: parse error}),
+        chunk by chunk in the CPU thread so another request's chunks can go in between."""
         check_sizes(smiles, self.args.max_smiles_per_request, self.args.max_smiles_length)
         for start in range(0, len(smiles), CHUNK):
             await self._in_thread(check_heavy_atoms, smiles[start:start + CHUNK], self.args.max_heavy_atoms, start)
-        results, molecules, where = [], [], []
+        molecules, rows, errors = [], [], {}
         for start in range(0, len(smiles), CHUNK):
-            r, m, w = await self._in_thread(parse_inputs, smiles[start:start + CHUNK])
-            results += r
-            molecules += m
-            where += [start + i for i in w]
-        return results, molecules, where
+            parsed = await self._in_thread(lambda part: list(iter_parsed(part)), smiles[start:start + CHUNK])
+            for i, item in enumerate(parsed, start=start):
+                if isinstance(item, InvalidSmilesError):
+                    errors[i] = item
+                else:
+                    molecules.append(item)
+                    rows.append(i)
+        return molecules, rows, errors
+
+    def _batch(self, molecules: list[Molecule], encoded: dict[str, EncodedBatch]) -> ModalityBatch:
+        """The molecules' vectors over the model's modalities (absent where not in ``encoded``)."""
+        return ModalityBatch.from_encoded([m.mol_id for m in molecules], self.modalities, self.dims, encoded)
 
     async def _json(self, results: list[dict]) -> Response:
         """{"results": results} as JSON, encoded chunk by chunk in the CPU thread."""
@@ -188,12 +198,11 @@ class Ingress(FusionRunner):
         return {m: b for part in parts for m, b in part.items()}
 
     async def _probe(self) -> None:
-        results, molecules, _ = parse_inputs([PROBE])
-        batches = await self._encode(molecules, self.modalities)
-        values, present, errors = merge_encoded(self.modalities, self.dims, 1, batches)
-        if not present.all():
-            raise RuntimeError(f"encoders fail on the probe molecule {PROBE}: {'; '.join(errors[0])}")
-        fused = await self._fuse(FuseCall(values, present))
+        molecules = list(iter_parsed([PROBE]))
+        batch = self._batch(molecules, await self._encode(molecules, self.modalities))
+        if not batch.present.all():
+            raise RuntimeError(f"encoders fail on the probe molecule {PROBE}: {'; '.join(batch.errors[0])}")
+        fused = await self._fuse(FuseCall(batch.float32(), batch.present))
         if fused.fused.shape != (1, self.card["latent_dim"]):
             raise RuntimeError(f"fusion answered shape {fused.fused.shape} for one molecule")
 
@@ -204,17 +213,21 @@ class Ingress(FusionRunner):
         reasons = "; ".join(f"smiles[{i}]: {r['error']}" for i, r in enumerate(results))
         raise HTTPError(422, f"no valid SMILES in the request: {reasons}", results=results)
 
+    def _nothing_fused(self) -> FusedBatch:
+        return FusedBatch(np.zeros((0, self.card["latent_dim"] or 0), np.float32),
+                          np.zeros((0, len(self.modalities)), np.float32))
+
     async def _embed(self, smiles: list[str], use: list[str], gates: bool, recon: bool) -> Response:
         clock = Clock()
-        results, molecules, where = await self._limit_and_parse(smiles)
+        molecules, rows, parse_errors = await self._limit_and_parse(smiles)
         clock.lap("parse")
+        batch, fused = self._batch([], {}), self._nothing_fused()
         if molecules:
-            batches = await self._encode(molecules, use)
+            batch = self._batch(molecules, await self._encode(molecules, use))
             clock.lap("encode")
-            values, present, errors = merge_encoded(self.modalities, self.dims, len(molecules), batches)
-            fused = await self._fuse(FuseCall(values, present, gates, recon))
+            fused = await self._fuse(FuseCall(batch.float32(), batch.present, gates, recon))
             clock.lap("fuse")
-            fill_results(results, smiles, where, molecules, self.modalities, present, errors, fused)
+        results = input_results(EncodedInputs(smiles, molecules, np.asarray(rows, np.int64), parse_errors, batch), fused)
         self._require_one_valid(results)
         response = await self._json(results)
         clock.lap("json")
@@ -222,23 +235,23 @@ class Ingress(FusionRunner):
         return response
 
     async def _reconstruct(self, smiles: list[str], visible: list[str], hidden: list[str]) -> Response:
-        results, molecules, where = await self._limit_and_parse(smiles)
+        molecules, rows, parse_errors = await self._limit_and_parse(smiles)
+        batch, fused = self._batch([], {}), self._nothing_fused()
         if molecules:
-            batches = await self._encode(molecules, visible + hidden)
-            seen = {m: b for m, b in batches.items() if m in visible}
-            values, present, errors = merge_encoded(self.modalities, self.dims, len(molecules), seen)
-            truth = {m: batches[m].values for m in hidden}
-            call = FuseCall(values, present)
+            encoded = await self._encode(molecules, visible + hidden)
+            batch = self._batch(molecules, {m: b for m, b in encoded.items() if m in visible})
+            truth = {m: encoded[m].values for m in hidden}
+            call = FuseCall(batch.float32(), batch.present)
             if self.fusion is None:
                 fused, scores = await self.reconstruct_hidden(call, truth)
             else:
                 fused, scores = await self._call(self.fusion.reconstruct_hidden, call, truth)
-            fill_results(results, smiles, where, molecules, self.modalities, present, errors,
-                         replace(fused, reconstructions=None))
-            recon = {m: fused.reconstructions[self.modalities.index(m)] for m in hidden}
-            for k, i in enumerate(where):
-                if results[i].get("error") is None:
-                    results[i]["hidden"] = {m: hidden_item(recon[m][k], scores[m], k, batches[m].errors[k])
-                                            for m in hidden}
+        inputs = EncodedInputs(smiles, molecules, np.asarray(rows, np.int64), parse_errors, batch)
+        results = input_results(inputs, replace(fused, reconstructions=None))
+        for k, i in enumerate(rows):
+            if results[i].get("error") is None:
+                results[i]["hidden"] = {
+                    m: hidden_item(fused.reconstructions[self.modalities.index(m)][k], scores[m], k, encoded[m].errors[k])
+                    for m in hidden}
         self._require_one_valid(results)
         return await self._json(results)
