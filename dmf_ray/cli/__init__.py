@@ -129,7 +129,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dmf_ray.pipelines.serve.app import run_server
+    from dmf_ray.pipelines.serve import run_server
 
     run_server(args.model, host=args.host, port=args.port)
     return 0
