@@ -19,16 +19,16 @@ def test_invalid_smiles_are_kept_counted_and_featureless():
     rows = f.rows(SMILES)
     assert len(rows) == len(SMILES)  # every input row maps to a feature row: nothing dropped
     assert rows[0] == rows[6]  # the same string is encoded once
-    assert f.mol_ids[rows[0]] == f.mol_ids[rows[1]]  # CCO and OCC: one molecule, same vectors
-    np.testing.assert_array_equal(f.values["ecfp"][rows[0]], f.values["ecfp"][rows[1]])
+    assert f.batch.mol_ids[rows[0]] == f.batch.mol_ids[rows[1]]  # CCO and OCC: one molecule, same vectors
+    np.testing.assert_array_equal(f.batch.values["ecfp"][rows[0]], f.batch.values["ecfp"][rows[1]])
     bad = [i for i, s in enumerate(SMILES) if s in ("C1CC", "", "not a smiles")]
     for i in bad:
-        assert f.mol_ids[rows[i]] is None and f.parse_errors[rows[i]]
-        assert not f.present[rows[i]].any()
-        assert not f.values["ecfp"][rows[i]].any()
+        assert f.batch.mol_ids[rows[i]] is None and f.parse_errors[rows[i]]
+        assert not f.batch.present[rows[i]].any()
+        assert not f.batch.values["ecfp"][rows[i]].any()
     assert "unclosed ring" in f.parse_errors[rows[3]]
     good = [i for i in range(len(SMILES)) if i not in bad]
-    assert f.present[rows[good]].all()
+    assert f.batch.present[rows[good]].all()
     assert f.encoder_errors == {"ecfp": 0, "maccs": 0, "rdkit2d": 0}
 
 
@@ -37,10 +37,10 @@ def test_process_pool_gives_the_same_features_as_in_process():
     one = featurize_smiles(smiles, SPECS, workers=1, log=lambda m: None)
     two = featurize_smiles(smiles, SPECS, workers=2, chunk_size=3, log=lambda m: None)
     assert two.workers == 2
-    assert one.mol_ids == two.mol_ids and one.index == two.index
-    np.testing.assert_array_equal(one.present, two.present)
+    assert list(one.batch.mol_ids) == list(two.batch.mol_ids) and one.index == two.index
+    np.testing.assert_array_equal(one.batch.present, two.batch.present)
     for m in SPECS:
-        np.testing.assert_array_equal(one.values[m], two.values[m])
+        np.testing.assert_array_equal(one.batch.values[m], two.batch.values[m])
 
 
 @pytest.mark.timeout(300)
@@ -64,8 +64,8 @@ def test_a_torch_encoder_with_thousands_of_molecules_finishes_after_the_parent_u
     finally:
         torch.set_num_threads(before)
     assert f.workers == 2  # the inline fingerprint still used the pool
-    assert f.present[:, 1].sum() == sum(i is not None for i in f.mol_ids) > 3000
+    assert f.batch.present[:, 1].sum() == sum(i is not None for i in f.batch.mol_ids) > 3000
     one = featurize_smiles(smiles[:50], specs, workers=1, log=lambda m: None)
     rows = f.rows(smiles[:50])
-    np.testing.assert_allclose(f.values["torch"][rows], one.values["torch"], rtol=1e-6)
-    np.testing.assert_array_equal(f.values["ecfp"][rows], one.values["ecfp"])
+    np.testing.assert_allclose(f.batch.values["torch"][rows], one.batch.values["torch"], rtol=1e-6)
+    np.testing.assert_array_equal(f.batch.values["ecfp"][rows], one.batch.values["ecfp"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dmf_ray.encoders import create_encoder
+from dmf_ray.modalities import ModalityBatch
 from dmf_ray.pipelines.evaluate import provenance as p
 from dmf_ray.pipelines.evaluate.table import table_rows
 from dmf_ray.pipelines.evaluate.taskdata import TaskData
@@ -45,8 +46,8 @@ def test_declarations_from_spec_or_encoder_and_malformed_ones():
 
 def test_declared_molecules_are_counted_per_split():
     task = Task("t", {s: [] for s in ("train", "valid", "test")}, {}, ["y"], "classification", "provided")
-    data = TaskData(task, ["a"], {"train": slice(0, 2), "valid": slice(2, 3), "test": slice(3, 5)}, {},
-                    np.ones((5, 1), bool), {}, ["m1", "m2", "m3", None, "m5"])
+    batch = ModalityBatch(["m1", "m2", "m3", None, "m5"], ["a"], {"a": np.zeros((5, 2))}, np.ones((5, 1), bool))
+    data = TaskData(task, batch, {"train": slice(0, 2), "valid": slice(2, 3), "test": slice(3, 5)})
     assert p.encoder_overlap(data, {"a": {"datasets": [], "mol_ids": {"m2", "m5"}}, "b": None}) == {
         "a": {"train": 1, "valid": 0, "test": 1}}
     assert p.corpus_overlap(data, {"m1", "m3"}) == {"train": 1, "valid": 1, "test": 0}

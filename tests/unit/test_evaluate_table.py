@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dmf_ray.modalities import ModalityBatch
 from dmf_ray.pipelines.evaluate.config import EvaluateConfig
 from dmf_ray.pipelines.evaluate.downstream import fit_and_score
 from dmf_ray.pipelines.evaluate.results import TaskResult
@@ -19,8 +20,8 @@ def _run(learner="rf", **config):
     y = (X[:, 0] + X[:, 1] > 0).astype(float)[:, None]
     task = Task("t", {s: [] for s in ("train", "valid", "test")},
                 {"train": y[:200], "valid": y[200:250], "test": y[250:]}, ["y"], "classification", "provided")
-    data = TaskData(task, ["a"], {"train": slice(0, 200), "valid": slice(200, 250), "test": slice(250, 300)},
-                    {}, np.ones((300, 1), bool), task.labels, [])
+    batch = ModalityBatch([f"m{i}" for i in range(300)], ["a"], {"a": X}, np.ones((300, 1), bool))
+    data = TaskData(task, batch, {"train": slice(0, 200), "valid": slice(200, 250), "test": slice(250, 300)})
     cfg = EvaluateConfig(model="m", tasks=["t=x"], out="o", n_estimators=20, n_jobs=1, learner=learner, **config)
     run = TaskRun(data, None, cfg, [0, 1], TaskResult(task="t", metric="roc_auc", split="provided"), [],
                   lambda m: None)

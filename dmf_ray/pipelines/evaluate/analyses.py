@@ -1,40 +1,19 @@
 """Figures 3-5: reconstruction cosine per modality, and attention per modality (all present,
 and as present modalities are masked at increasing rates). Computed on the test molecules.
 
-Reconstruction space: cosine in the model's normalised space (each feature standardised with
-the training statistics stored in the model, the space the reconstruction loss is minimised
-in): predicting the mean scores 0 there. In raw space every count fingerprint is non-negative
-and the descriptor vector is dominated by its largest-scale features, so even the training-set
-mean scores ~0.7-0.99; raw-space cosines are reported beside as a secondary figure.
+The reconstruction cosine is the one of :func:`dmf_ray.model.reconstruction_cosine` (the same
+number the training log's validation and ``/v1/reconstruct`` report): primary in the model's
+normalised space, raw space beside.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from dmf_ray.pipelines.evaluate.taskdata import TaskData
-
-
-def _normalised_cosine(model, j: int, recon: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """Mean row cosine in the model's normalised space (features with std at the floor left out:
-    dividing by the floor turns any deviation into ~1e6) and in raw space."""
-    mean, std = model.get_normalization()[model.config.modalities[j]]
-    floor = model.config.std_floor
-    informative = std > floor * 1.0001
-    a = (recon.astype(np.float64) - mean) / np.maximum(std, floor)
-    b = (target.astype(np.float64) - mean) / np.maximum(std, floor)
-    return row_cosine(a[:, informative], b[:, informative]), row_cosine(recon, target)
-
-
-def row_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean cosine between matching rows of ``a`` and ``b`` (``[N, d]``); 0 for a zero row, NaN for N = 0."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    num = (a * b).sum(1)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
-    return float(cos.mean()) if cos.size else float("nan")
 
 
 def reconstruction(model, data: TaskData) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
@@ -44,7 +23,8 @@ def reconstruction(model, data: TaskData) -> tuple[dict[str, float], dict[str, f
     Returns (normalised cosine, raw cosine, molecules used) per modality; a modality no test
     molecule could be used for is missing from the cosines (its count is 0).
     """
-    from dmf_ray.inference import fuse_arrays
+    from dmf_ray.inference import fuse
+    from dmf_ray.model import mean_cosine, reconstruction_cosine
 
     rows = data.split_of("test")
     present = data.present[rows]
@@ -57,8 +37,9 @@ def reconstruction(model, data: TaskData) -> tuple[dict[str, float], dict[str, f
             continue
         vis = data.present[use].copy()
         vis[:, j] = False
-        out = fuse_arrays(model, {x: data.values[x][use] for x in data.modalities}, vis, with_reconstructions=True)
-        norm_cos[m], raw_cos[m] = _normalised_cosine(model, j, out.reconstructions[j], data.values[m][use])
+        out = fuse(model, replace(data.batch.subset(use), present=vis), with_reconstructions=True)
+        cos = reconstruction_cosine(model, m, out.reconstructions[j], data.values[m][use])
+        norm_cos[m], raw_cos[m] = mean_cosine(cos.normalized), mean_cosine(cos.raw)
     return norm_cos, raw_cos, counts
 
 
@@ -70,18 +51,18 @@ def attention(model, data: TaskData, rates: Sequence[float], seeds: Sequence[int
     """
     import torch
 
-    from dmf_ray.inference import fuse_arrays
+    from dmf_ray.inference import fuse
     from dmf_ray.model import sample_training_mask
 
     rows = data.split_of("test")
-    present = data.present[rows]
+    test = data.batch.subset(rows)
+    present = test.present
     has = present.any(axis=1)
-    values = {m: data.values[m][rows] for m in data.modalities}
     if not has.any():
         return {}, {}
 
     def mean_attention(vis: np.ndarray) -> np.ndarray:
-        att = fuse_arrays(model, values, vis).attention
+        att = fuse(model, replace(test, present=vis)).attention
         return att[has].mean(axis=0)
 
     full = mean_attention(present)

@@ -1,5 +1,7 @@
 """Encoding task molecules for evaluation: every distinct SMILES parsed and encoded once with
-every modality of the model (no Ray needed).
+every modality of the model (no Ray needed), through the one batch driver
+(:func:`dmf_ray.encoders.batch.encode_smiles`) into the one batch type
+(:class:`dmf_ray.modalities.ModalityBatch`).
 
 Where the work runs, and why:
 
@@ -25,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from dmf_ray.modalities import ModalityBatch
+
 _ENCODE_CHUNK = 500
 _POOL_MIN_MOLECULES = 3000  # below this a process pool costs more to start than it saves
 
@@ -49,73 +53,56 @@ def _forkable(spec: Mapping[str, Any]) -> bool:
     return bool(_encoders_for({"m": spec})["m"].runs_inline())
 
 
-def _parse(smiles: Sequence[str]) -> tuple[list, list[str | None], list[str | None]]:
-    """(parsed molecules, id per input or None, parse error per input or None)."""
+def encode_chunk(smiles: Sequence[str], specs: Mapping[str, dict]) -> tuple[ModalityBatch, list[str | None]]:
+    """Parse and encode one chunk of SMILES with the encoders of ``specs`` (runs in a pool worker
+    or here). Returns one batch row per input (mol_id None where it did not parse; then nothing
+    is present) and the parse error per input (None where it parsed)."""
     from rdkit import rdBase
 
-    from dmf_ray.molecules import InvalidSmilesError, parse_smiles
+    from dmf_ray.encoders.batch import encode_smiles
 
-    molecules, mol_ids, parse_errors = [], [], []
+    encoders = _encoders_for(specs)
     # RDKit's warnings ("not removing hydrogen atom without neighbors", thousands on HIV) are
     # silenced; a parse failure still carries RDKit's reason, and is counted in the report.
     with rdBase.BlockLogs():
-        for s in smiles:
-            try:
-                m = parse_smiles(s)
-            except InvalidSmilesError as exc:
-                mol_ids.append(None)
-                parse_errors.append(exc.reason)
-                continue
-            molecules.append(m)
-            mol_ids.append(m.mol_id)
-            parse_errors.append(None)
-    return molecules, mol_ids, parse_errors
+        out = encode_smiles(list(smiles), encoders)
+    names = list(encoders)
+    full = ModalityBatch.empty([None] * len(smiles), names, [encoders[m].dim for m in names],
+                               [encoders[m].dtype for m in names])
+    for m in names:
+        full.values[m][out.rows] = out.batch.values[m]
+    full.mol_ids[out.rows] = out.batch.mol_ids
+    full.present[out.rows] = out.batch.present
+    for k, i in enumerate(out.rows):
+        full.errors[i] = list(out.batch.errors[k])
+    parse_errors: list[str | None] = [None] * len(smiles)
+    for i, exc in out.parse_errors.items():
+        parse_errors[i] = exc.reason
+    return full, parse_errors
 
 
-def _encode(molecules: list, specs: Mapping[str, dict]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
-    """Values ``{m: [k, d_m]}`` (encoder dtype) and errors ``{m: [reason or None]}`` of k molecules."""
-    values, errors = {}, {}
-    for name, enc in _encoders_for(specs).items():
-        if molecules:
-            batch = enc.encode(molecules)
-            values[name], errors[name] = batch.values, list(batch.errors)
-        else:
-            values[name], errors[name] = np.zeros((0, enc.dim), dtype=enc.dtype), []
-    return values, errors
-
-
-def encode_chunk(smiles: Sequence[str], specs: Mapping[str, dict]) -> dict[str, Any]:
-    """Parse and encode one chunk of SMILES with every modality of ``specs``.
-
-    Returns ``{"mol_ids": [id or None], "parse_errors": [reason or None], "values": {m: [k, d]},
-    "errors": {m: [reason or None]}}`` where the k value rows are those of the parsed molecules,
-    in input order.
-    """
-    molecules, mol_ids, parse_errors = _parse(smiles)
-    values, errors = _encode(molecules, specs)
-    return {"mol_ids": mol_ids, "parse_errors": parse_errors, "values": values, "errors": errors}
-
-
-def _encode_chunk_args(args: tuple) -> dict[str, Any]:
+def _encode_chunk_args(args: tuple) -> tuple[ModalityBatch, list[str | None]]:
     return encode_chunk(*args)
 
 
+def join_modalities(a: ModalityBatch, b: ModalityBatch, names: Sequence[str]) -> ModalityBatch:
+    """The modalities of ``a`` and ``b`` (the same rows) side by side, in the order ``names``."""
+    both = {**a.values, **b.values}
+    present = np.concatenate([a.present, b.present], axis=1)
+    order = [(a.names + b.names).index(m) for m in names]
+    errors = [ea + eb for ea, eb in zip(a.errors or [[]] * len(a), b.errors or [[]] * len(b))]
+    return ModalityBatch(a.mol_ids, list(names), {m: both[m] for m in names}, present[:, order], errors)
+
+
 @dataclass
-class MoleculeFeatures:
-    """Raw modality vectors of distinct SMILES strings, and which are present.
+class FeaturizedSmiles:
+    """Every distinct SMILES string of a run, encoded once: ``batch`` holds one row per string
+    (``index[s]`` is the row of string ``s`` as given; ``batch.mol_ids[row]`` is None where it
+    did not parse, ``parse_errors[row]`` says why, and then no modality is present)."""
 
-    ``index[s]`` is the row of SMILES string ``s`` (as given); ``mol_ids[row]`` is None where
-    the SMILES did not parse (``parse_errors[row]`` says why), and then no modality is present.
-    ``values[m]`` is ``[n, d_m]`` in the encoder's dtype (zero rows where absent); ``present``
-    ``[n, M]`` bool in the order of ``modalities``.
-    """
-
-    modalities: list[str]
+    batch: ModalityBatch
     index: dict[str, int]
-    mol_ids: list[str | None]
     parse_errors: list[str | None]
-    values: dict[str, np.ndarray]
-    present: np.ndarray
     encoder_errors: dict[str, int]
     workers: int
     seconds: float
@@ -131,7 +118,7 @@ def featurize_smiles(
     workers: int | None = None,
     chunk_size: int = _ENCODE_CHUNK,
     log: Callable[[str], None] = print,
-) -> MoleculeFeatures:
+) -> FeaturizedSmiles:
     """Encode each distinct SMILES string once per modality with the encoders of ``specs``.
 
     ``workers``: processes for the inline encoders (None: one per core for >= 3,000 molecules,
@@ -155,68 +142,51 @@ def featurize_smiles(
         nonlocal last
         if time.perf_counter() - last > 10:
             last = time.perf_counter()
-            rate = done / (last - started)
-            log(f"featurize ({stage}): {done:,}/{len(distinct):,} molecules ({rate:,.0f}/s)")
+            log(f"featurize ({stage}): {done:,}/{len(distinct):,} molecules ({done / (last - started):,.0f}/s)")
 
+    parts: list[tuple[ModalityBatch, list[str | None]]] = []
     if pooled:
         parts = _encode_in_pool(chunks, pooled, workers, lambda d: progress(d, f"{workers} processes"))
-    else:
-        parts = [{"mol_ids": None, "parse_errors": None, "values": {}, "errors": {}} for _ in chunks]
     if local:
-        _encode_here(parts, chunks, local, lambda d: progress(d, "in-process"))
+        done = 0
+        for k, chunk in enumerate(chunks):
+            batch, parse_errors = encode_chunk(chunk, local)
+            if pooled:  # the same rows: add the local modalities beside the pool's
+                batch = join_modalities(parts[k][0], batch, list(specs))
+                parts[k] = (batch, parse_errors)
+            else:
+                parts.append((batch, parse_errors))
+            done += len(chunk)
+            progress(done, "in-process")
     return _assemble(distinct, specs, parts, workers, time.perf_counter() - started)
 
 
 def _encode_in_pool(chunks: list[list[str]], specs: Mapping[str, dict], workers: int,
-                    progress: Callable[[int], None]) -> list[dict[str, Any]]:
+                    progress: Callable[[int], None]) -> list[tuple[ModalityBatch, list[str | None]]]:
     """:func:`encode_chunk` of every chunk in a forked pool of ``workers`` processes, in order."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    parts: list[dict[str, Any]] = []
+    parts: list[tuple[ModalityBatch, list[str | None]]] = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         for part in pool.map(_encode_chunk_args, [(c, dict(specs)) for c in chunks]):
             parts.append(part)
-            progress(sum(len(p["mol_ids"]) for p in parts))
+            progress(sum(len(p[0]) for p in parts))
     return parts
 
 
-def _encode_here(parts: list[dict[str, Any]], chunks: list[list[str]], specs: Mapping[str, dict],
-                 progress: Callable[[int], None]) -> None:
-    """Encode every chunk with ``specs`` in this process, adding to ``parts`` (parsed here when
-    the pool did not run)."""
-    done = 0
-    for part, chunk in zip(parts, chunks):
-        molecules, mol_ids, parse_errors = _parse(chunk)
-        if part["mol_ids"] is None:
-            part["mol_ids"], part["parse_errors"] = mol_ids, parse_errors
-        values, errors = _encode(molecules, specs)
-        part["values"].update(values)
-        part["errors"].update(errors)
-        done += len(chunk)
-        progress(done)
-
-
-def _assemble(distinct: list[str], specs: Mapping[str, dict], parts: list[dict[str, Any]], workers: int,
-              seconds: float) -> MoleculeFeatures:
-    """One :class:`MoleculeFeatures` from the chunks' parts (rows in the order of ``distinct``)."""
+def _assemble(distinct: list[str], specs: Mapping[str, dict], parts: list[tuple[ModalityBatch, list]],
+              workers: int, seconds: float) -> FeaturizedSmiles:
+    """One :class:`FeaturizedSmiles` from the chunks' parts (rows in the order of ``distinct``)."""
     names = list(specs)
-    n = len(distinct)
-    mol_ids = [i for p in parts for i in p["mol_ids"]]
-    parse_errors = [e for p in parts for e in p["parse_errors"]]
-    ok_rows = np.flatnonzero(np.array([i is not None for i in mol_ids], dtype=bool))
-    encs = _encoders_for(specs)
-    values, present, encoder_errors = {}, np.zeros((n, len(names)), dtype=bool), {}
-    for j, m in enumerate(names):
-        arr = np.zeros((n, encs[m].dim), dtype=encs[m].dtype)
-        if ok_rows.size:
-            arr[ok_rows] = np.concatenate([p["values"][m] for p in parts], axis=0)
-        errs = [e for p in parts for e in p["errors"][m]]
-        good = np.array([e is None for e in errs], dtype=bool)
-        present[ok_rows[good], j] = True
-        encoder_errors[m] = int((~good).sum())
-        values[m] = arr
-    return MoleculeFeatures(modalities=names, index={s: i for i, s in enumerate(distinct)}, mol_ids=mol_ids,
-                            parse_errors=parse_errors, values=values, present=present,
-                            encoder_errors=encoder_errors, workers=workers, seconds=seconds)
+    encoders = _encoders_for(specs)
+    if parts:
+        batch = ModalityBatch.concat([p[0] for p in parts])
+    else:
+        batch = ModalityBatch.empty([], names, [encoders[m].dim for m in names], [encoders[m].dtype for m in names])
+    parse_errors = [e for p in parts for e in p[1]]
+    parsed = np.array([i is not None for i in batch.mol_ids], dtype=bool)
+    encoder_errors = {m: int((parsed & ~batch.present[:, j]).sum()) for j, m in enumerate(names)}
+    return FeaturizedSmiles(batch, {s: i for i, s in enumerate(distinct)}, parse_errors, encoder_errors, workers,
+                            seconds)

@@ -35,7 +35,7 @@ from dmf_ray.pipelines.evaluate import learners as _learners
 from dmf_ray.pipelines.evaluate import provenance as _provenance
 from dmf_ray.pipelines.evaluate import tasks as _tasks
 from dmf_ray.pipelines.evaluate.config import EvaluateConfig
-from dmf_ray.pipelines.evaluate.features import MoleculeFeatures, featurize_smiles
+from dmf_ray.pipelines.evaluate.features import FeaturizedSmiles, featurize_smiles
 from dmf_ray.pipelines.evaluate.outputs import protocol, write_outputs
 from dmf_ray.pipelines.evaluate.protocol import removal_patterns
 from dmf_ray.pipelines.evaluate.results import TaskResult, mean_std
@@ -143,11 +143,11 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
     return EvaluateResult(Path(config.out), files, results, doc, details, details["seconds"])
 
 
-def _details(config: EvaluateConfig, fm: _Model, feats: MoleculeFeatures, log: Callable[[str], None]) -> dict:
+def _details(config: EvaluateConfig, fm: _Model, feats: FeaturizedSmiles, log: Callable[[str], None]) -> dict:
     """The evaluation.json skeleton (model, protocol, featurisation), logging the featurisation."""
-    n_bad = sum(1 for i in feats.mol_ids if i is None)
-    log(f"evaluate: featurized {len(feats.mol_ids):,} distinct SMILES ({n_bad:,} invalid) with "
-        f"{feats.workers} process(es) in {feats.seconds:.1f} s ({len(feats.mol_ids) / max(feats.seconds, 1e-9):,.0f}/s); "
+    n_bad = sum(1 for i in feats.batch.mol_ids if i is None)
+    log(f"evaluate: featurized {len(feats.batch.mol_ids):,} distinct SMILES ({n_bad:,} invalid) with "
+        f"{feats.workers} process(es) in {feats.seconds:.1f} s ({len(feats.batch.mol_ids) / max(feats.seconds, 1e-9):,.0f}/s); "
         "encoder failures: " + ", ".join(f"{m} {k}" for m, k in feats.encoder_errors.items()))
     paper_missing = _learners.available(PAPER_LEARNER) if config.paper_protocol else None
     if paper_missing:
@@ -161,7 +161,7 @@ def _details(config: EvaluateConfig, fm: _Model, feats: MoleculeFeatures, log: C
                                                                       else len(t["mol_ids"])})
                                           for m, t in fm.trained_on.items()}},
         "protocol": protocol(config, paper_missing),
-        "featurize": {"distinct_smiles": len(feats.mol_ids), "invalid_smiles": n_bad,
+        "featurize": {"distinct_smiles": len(feats.batch.mol_ids), "invalid_smiles": n_bad,
                       "encoder_failures": feats.encoder_errors, "workers": feats.workers,
                       "seconds": round(feats.seconds, 2)},
         "tasks": {},
@@ -169,7 +169,7 @@ def _details(config: EvaluateConfig, fm: _Model, feats: MoleculeFeatures, log: C
     }
 
 
-def _evaluate_task(task: _tasks.Task, dataset: str | None, feats: MoleculeFeatures, fm: _Model,
+def _evaluate_task(task: _tasks.Task, dataset: str | None, feats: FeaturizedSmiles, fm: _Model,
                    config: EvaluateConfig, proto: dict, log: Callable[[str], None]) -> tuple[TaskResult, dict]:
     """Table 1, Figure 2, Figures 3-5 of one task; returns its result and its evaluation.json entry."""
     name, mods = task.name, fm.modalities

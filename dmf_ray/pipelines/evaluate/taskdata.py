@@ -7,11 +7,12 @@ row per task row, so a split is a fixed slice of it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dmf_ray.pipelines.evaluate.features import MoleculeFeatures
+from dmf_ray.modalities import ModalityBatch
+from dmf_ray.pipelines.evaluate.features import FeaturizedSmiles
 from dmf_ray.pipelines.evaluate.tasks import SPLITS, Task
 
 
@@ -19,18 +20,40 @@ from dmf_ray.pipelines.evaluate.tasks import SPLITS, Task
 class TaskData:
     """One task's rows (train, valid, test stacked) aligned with their features.
 
-    ``values[m]``: ``[N, d_m]`` in the encoder's dtype (zero rows where absent); ``present``:
-    ``[N, M]`` bool in the order of ``modalities``; ``labels[split]``: float64 ``[n_split, T]``
-    with NaN for a missing label; ``mol_ids``: one id per row, None where the SMILES did not parse.
+    ``batch``: the task's rows as the one batch type (``values[m]`` ``[N, d_m]`` in the encoder's
+    dtype, zero where absent; ``present`` ``[N, M]``; ``mol_ids`` None where the SMILES did not
+    parse); ``slices``: the rows of each split; labels come from ``task`` (float64
+    ``[n_split, T]``, NaN for a missing label).
     """
 
     task: Task
-    modalities: list[str]
+    batch: ModalityBatch
     slices: dict[str, slice]
-    values: dict[str, np.ndarray]
-    present: np.ndarray
-    labels: dict[str, np.ndarray]
-    mol_ids: list[str | None]
+
+    @property
+    def modalities(self) -> list[str]:
+        """The M modality names, in the order of ``present``'s columns."""
+        return self.batch.names
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        """``{m: [N, d_m]}`` raw vectors."""
+        return self.batch.values
+
+    @property
+    def present(self) -> np.ndarray:
+        """``[N, M]`` bool presence."""
+        return self.batch.present
+
+    @property
+    def mol_ids(self) -> np.ndarray:
+        """``[N]`` molecule ids (None where the SMILES did not parse)."""
+        return self.batch.mol_ids
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        """``{split: [n_split, T] float64}``, NaN for a missing label."""
+        return self.task.labels
 
     @property
     def n(self) -> int:
@@ -54,7 +77,7 @@ class TaskData:
         return featureless, absent
 
 
-def task_data(task: Task, feats: MoleculeFeatures) -> TaskData:
+def task_data(task: Task, feats: FeaturizedSmiles) -> TaskData:
     """The rows of ``task`` picked out of the features of every task's molecules.
 
     Raises KeyError for a SMILES string ``feats`` was not computed for.
@@ -65,9 +88,7 @@ def task_data(task: Task, feats: MoleculeFeatures) -> TaskData:
     for split in SPLITS:
         slices[split] = slice(start, start + len(task.smiles[split]))
         start += len(task.smiles[split])
-    return TaskData(task=task, modalities=list(feats.modalities), slices=slices,
-                    values={m: v[rows] for m, v in feats.values.items()}, present=feats.present[rows],
-                    labels=task.labels, mol_ids=[feats.mol_ids[r] for r in rows])
+    return TaskData(task=task, batch=feats.batch.subset(rows), slices=slices)
 
 
 def block(data: TaskData, modalities: Sequence[str], keep: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -86,10 +107,10 @@ def block(data: TaskData, modalities: Sequence[str], keep: np.ndarray, rows: np.
 def fused(model, data: TaskData, keep: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """Fused vectors float32 ``[len(rows), latent_dim]`` from the modalities ``keep`` ``[N, M]`` marks;
     NaN rows where nothing is kept (imputed by the learner)."""
-    from dmf_ray.inference import fuse_arrays
+    from dmf_ray.inference import fuse
 
     rows = np.arange(data.n) if rows is None else rows
     vis = keep[rows]
-    out = fuse_arrays(model, {m: data.values[m][rows] for m in data.modalities}, vis).fused
+    out = fuse(model, replace(data.batch.subset(rows), present=vis)).fused
     out[~vis.any(axis=1)] = np.nan
     return out
