@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learner", choices=LEARNER_CHOICES, default="rf",
                    help="downstream learner (auto: per row the best on valid; see dmf_ray.pipelines.evaluate.learners)")
     p.add_argument("--no-paper-protocol", action="store_true", help="skip the XGBoost-on-frozen-embeddings table")
+    p.add_argument("--finetune", action="store_true",
+                   help="add the fine-tuned fusion row (pretrained fusion + head, masking kept on)")
     p.add_argument("--n-jobs", type=int, default=2, help="cores per forest fit")
     p.add_argument("--n-estimators", type=int, default=None, help="trees per forest (default: 300, 100 on large tasks)")
     p.add_argument("--work-dir", default=str(ROOT / "out" / "bench_moleculenet"), help="store/, model/, report/ go here")
@@ -203,7 +205,7 @@ def _table(summary: dict, names: list[str], key: str) -> list[str]:
 def _deltas(summary: dict, names: list[str], split: str) -> list[str]:
     """Fusion against the best non-leaked single modality, the full concatenation, the paper."""
     rows = [r for r in summary["tasks"][names[0]]["rows"]]
-    singles = [r for r in rows if "+" not in r and r != "fusion"]
+    singles = [r for r in rows if "+" not in r and not r.startswith("fusion")]
     full = max((r for r in rows if "+" in r), key=lambda r: r.count("+"), default=None)
 
     def delta(n, ref_rows):
@@ -276,7 +278,7 @@ def main(argv=None) -> int:
     specs, splits = task_specs(args)
     config = EvaluateConfig(model=args.model or str(work / "model"), tasks=specs, out=str(work / "report"),
                             seeds=args.seeds, robustness=args.robustness, n_jobs=args.n_jobs,
-                            learner=args.learner, paper_protocol=not args.no_paper_protocol,
+                            learner=args.learner, paper_protocol=not args.no_paper_protocol, finetune=args.finetune,
                             n_estimators=args.n_estimators, title="MoleculeNet benchmark (benchmarks/bench_moleculenet.py)")
     if not args.model:
         load_tasks(config)  # a task that cannot be loaded fails now, not after pretraining

@@ -40,6 +40,11 @@ def test_declarations_from_spec_or_encoder_and_malformed_ones():
     assert p.trained_on(ecfp) is None  # RDKit encoders were not trained
     got = p.trained_on({**ecfp, "trained_on": {"datasets": ["Tox21"], "mol_ids": ["a", "b"]}})
     assert got == {"datasets": ["Tox21"], "mol_ids": {"a", "b"}}
+    got = p.trained_on({**ecfp, "trained_on": ["tdc:BBB_Martins", "moleculenet:bbbp"]})  # the Encoder's form
+    assert got == {"datasets": ["tdc:BBB_Martins", "moleculenet:bbbp"], "mol_ids": None}
+    assert set(p.leaked_modalities("bbbp", {"m": got})) == {"m"}
+    assert p.dataset_key("tdc:HydrationFreeEnergy_FreeSolv") == "freesolv"
+    assert p.trained_on({**ecfp, "trained_on": []}) is None
     with pytest.raises(ValueError, match="list of names"):
         p.trained_on({**ecfp, "trained_on": {"datasets": "Tox21"}})
 

@@ -123,6 +123,10 @@ class EvaluateConfig(BaseModel):
                           "or auto (per row, the learner with the best valid score)")
     paper_protocol: bool = Field(
         True, description="also report the paper's protocol (XGBoost on frozen embeddings) as its own table")
+    finetune: bool = Field(
+        False, description="also fine-tune the fusion model with a small head on each task (modality masking "
+                           "kept on): row fusion-finetuned in Table 1, its robustness in Figure 2")
+    finetune_epochs: int = Field(30, ge=1, description="most epochs of fine-tuning (the epoch best on valid is kept)")
     robustness: Robustness = Field(
         "inference", description="inference: fit on complete data, test with modalities withheld; refit: "
                                  "withhold in all splits and refit; none: skip Figure 2")

@@ -85,13 +85,16 @@ def figure2(results: Sequence[TaskResult], image: str) -> list[str]:
     for r in results:
         if not r.robustness:
             continue
+        tuned = any("finetuned" in v for v in r.robustness.values())
         lines += [f"**{r.task}** ({METRIC_LABELS[r.metric]})", "",
-                  "| pattern | fusion | concat | fusion − concat |", "|---|---|---|---|"]
+                  "| pattern | fusion | concat | fusion − concat |" + (" fusion-finetuned |" if tuned else ""),
+                  "|---|---|---|---|" + ("---|" if tuned else "")]
         for pattern, by_method in r.robustness.items():
             f = mean_std(by_method.get("fusion", []))
             c = mean_std(by_method.get("concat", []))
             diff = f"{f[0] - c[0]:+.3f}" if math.isfinite(f[0]) and math.isfinite(c[0]) else "–"
-            lines.append(f"| {pattern} | {fmt(*f)} | {fmt(*c)} | {diff} |")
+            extra = f" {fmt(*mean_std(by_method.get('finetuned', [])))} |" if tuned else ""
+            lines.append(f"| {pattern} | {fmt(*f)} | {fmt(*c)} | {diff} |{extra}")
         lines.append("")
     return lines
 

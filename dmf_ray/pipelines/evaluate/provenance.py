@@ -2,9 +2,9 @@
 overlap with the task, per split) and what each encoder's model was trained on (leakage flags).
 
 An encoder declares its training data as ``trained_on`` (an attribute of the Encoder, copied
-into its spec and so into the model card)::
-
-    {"datasets": ["BBB_Martins", "ClinTox", ...], "mol_ids": None | [dmf mol_id, ...]}
+into its spec and so into the model card): a list of dataset names, optionally prefixed by
+their source (``["tdc:BBB_Martins", "moleculenet:bbbp", ...]``), or, where the molecules are
+known too, ``{"datasets": [...], "mol_ids": [dmf mol_id, ...]}``.
 
 A task whose dataset is among an encoder's ``datasets`` makes every row that uses that encoder
 LEAKED: its labels were seen while the encoder was trained. Names match case-insensitively,
@@ -33,8 +33,9 @@ DATASET_ALIASES = {
 
 
 def dataset_key(name: str) -> str:
-    """The comparable form of a dataset name: lower case, alphanumerics only, aliases resolved."""
-    key = re.sub(r"[^a-z0-9]", "", name.lower())
+    """The comparable form of a dataset name: source prefix (``tdc:``) dropped, lower case,
+    alphanumerics only, aliases resolved (``tdc:BBB_Martins`` -> ``bbbp``)."""
+    key = re.sub(r"[^a-z0-9]", "", name.rpartition(":")[2].lower())
     return DATASET_ALIASES.get(key, key)
 
 
@@ -55,9 +56,11 @@ def trained_on(spec: Mapping[str, Any]) -> dict[str, Any] | None:
         from dmf_ray.encoders import encoder_from_spec
 
         declared = getattr(encoder_from_spec(dict(spec)), "trained_on", None)
-    if declared is None:
+    if not declared:  # None, or an empty list: nothing declared (rule-based encoders)
         return None
-    if not isinstance(declared, Mapping):  # an object with attributes
+    if isinstance(declared, (list, tuple)):
+        declared = {"datasets": list(declared), "mol_ids": None}
+    elif not isinstance(declared, Mapping):  # an object with attributes
         declared = {"datasets": getattr(declared, "datasets", ()), "mol_ids": getattr(declared, "mol_ids", None)}
     datasets = declared.get("datasets") or []
     if isinstance(datasets, str) or not all(isinstance(d, str) for d in datasets):
@@ -83,7 +86,7 @@ def leaked_rows(rows: Iterable[tuple[str, tuple[str, ...]]], modalities: list[st
     """Row name -> reason for every row (name, modalities used; fusion uses all) that uses a leaked modality."""
     out = {}
     for name, combo in rows:
-        used = modalities if name == FUSION else list(combo)
+        used = modalities if name.startswith(FUSION) else list(combo)
         reasons = [leaked[m] for m in used if m in leaked]
         if reasons:
             out[name] = "; ".join(reasons)

@@ -17,6 +17,9 @@ from dmf_ray.pipelines.evaluate.protocol import FUSION
 
 METRIC_LABELS = {"roc_auc": "ROC-AUC ↑", "rmse": "RMSE ↓"}
 HIGHER_IS_BETTER = {"roc_auc": True, "rmse": False}
+# fusion / concat: the Table 1 learners on degraded test features; finetuned: the fine-tuned
+# fusion predictor on the same degraded molecules.
+ROBUSTNESS_METHODS = ("fusion", "concat", "finetuned")
 
 
 def floats(values: float | Iterable[float]) -> list[float]:
@@ -109,8 +112,8 @@ class TaskResult:
 
     def add_robustness(self, pattern: str, method: str, value: float) -> None:
         """Record one seed's test metric for ``method`` (``"fusion"``/``"concat"``) under ``pattern``."""
-        if method not in ("fusion", "concat"):
-            raise ValueError(f"method must be 'fusion' or 'concat', got {method!r}")
+        if method not in ROBUSTNESS_METHODS:
+            raise ValueError(f"method must be one of {', '.join(ROBUSTNESS_METHODS)}, got {method!r}")
         self.robustness.setdefault(pattern, {}).setdefault(method, []).append(float(value))
 
 
@@ -130,6 +133,8 @@ def order_rows(names: Iterable[str]) -> list[str]:
         i, n = item
         if n == FUSION:
             return (2, 0, i)
+        if n.startswith(FUSION):  # fusion-finetuned
+            return (2, 1, i)
         if "+" in n:
             return (1, n.count("+"), i)
         return (0, 0, i)
@@ -151,7 +156,8 @@ def summary(results: Sequence[TaskResult]) -> dict:
             m, s = mean_std(r.rows[row])
             rows[row] = {"mean": json_float(m), "std": json_float(s)}
         robustness = {
-            p: {meth: json_float(mean_std(r.robustness[p].get(meth, []))[0]) for meth in ("fusion", "concat")}
+            p: {meth: json_float(mean_std(r.robustness[p].get(meth, []))[0]) for meth in ROBUSTNESS_METHODS
+            if meth in r.robustness[p] or meth != "finetuned"}
             for p in r.robustness
         }
         paper = {row: dict(zip(("mean", "std"), map(json_float, mean_std(r.paper[row])))) for row in order_rows(r.paper)}

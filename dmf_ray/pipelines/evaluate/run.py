@@ -35,6 +35,7 @@ from dmf_ray.pipelines.evaluate import learners as _learners
 from dmf_ray.pipelines.evaluate import provenance as _provenance
 from dmf_ray.pipelines.evaluate import tasks as _tasks
 from dmf_ray.pipelines.evaluate.config import EvaluateConfig
+from dmf_ray.pipelines.evaluate.finetune import FINETUNED, FinetuneSettings, run_finetune
 from dmf_ray.pipelines.evaluate.features import FeaturizedSmiles, featurize_smiles
 from dmf_ray.pipelines.evaluate.outputs import protocol, write_outputs
 from dmf_ray.pipelines.evaluate.protocol import removal_patterns
@@ -180,7 +181,8 @@ def _evaluate_task(task: _tasks.Task, dataset: str | None, feats: FeaturizedSmil
     featureless, absent = data.counts()
     dataset = _provenance.task_dataset(name, dataset)
     leaked = _provenance.leaked_modalities(dataset, fm.trained_on)
-    result.leaked = _provenance.leaked_rows(table_rows(mods), mods, leaked)
+    rows = table_rows(mods) + ([(FINETUNED, ())] if config.finetune else [])
+    result.leaked = _provenance.leaked_rows(rows, mods, leaked)
     patterns = removal_patterns(mods) if len(mods) >= 2 and config.robustness != "none" else []
     _explain_skipped(result, mods, config)
     run = TaskRun(data, fm.model, config, list(range(config.seeds)), result, patterns, log,
@@ -194,6 +196,10 @@ def _evaluate_task(task: _tasks.Task, dataset: str | None, feats: FeaturizedSmil
     t0 = time.perf_counter()
     run_table1(run)
     timings["table1"] = time.perf_counter() - t0
+    if config.finetune:
+        t0 = time.perf_counter()
+        run_finetune(run, FinetuneSettings(epochs=config.finetune_epochs))
+        timings["finetune"] = time.perf_counter() - t0
     if patterns and config.robustness == "refit":
         t0 = time.perf_counter()
         run_refit(run)
