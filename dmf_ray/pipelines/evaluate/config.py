@@ -5,9 +5,10 @@ them) and every problem of a config is reported in one :class:`pydantic.Validati
 ``ValueError``), each naming the field and the bad value.
 
 The CLI generates one flag per field (``--`` + the name with ``-``, or the ``flag`` in the
-field's ``json_schema_extra``); list fields are repeatable flags. Text forms it hands over unchanged: a task is ``[NAME=]PATH`` or ``[NAME=]TRAIN,VALID,TEST``
-(:meth:`TaskSpec.parse`); ``label_columns`` and ``mask_rates`` accept comma-separated text and
-repeated values (``["a,b", "c"]`` -> ``["a", "b", "c"]``).
+field's ``json_schema_extra``); list fields are repeatable flags. Text forms it hands over
+unchanged: a task is ``[NAME=]PATH`` or ``[NAME=]TRAIN,VALID,TEST`` (:meth:`TaskSpec.parse`);
+``label_columns`` and ``mask_rates`` accept comma-separated text and repeated values
+(``["a,b", "c"]`` -> ``["a", "b", "c"]``).
 """
 
 from __future__ import annotations
@@ -107,16 +108,18 @@ class EvaluateConfig(BaseModel):
 
     model: str = Field(..., description="model directory (config.json + model.safetensors)")
     tasks: list[TaskSpec] = Field(
-        ..., json_schema_extra={"flag": "--task", "metavar": "[NAME=]PATH"}, description="tasks, repeatable: NAME=FOLDER (train/valid/test.csv inside), NAME=TRAIN,VALID,TEST, "
-                         "or one file (split with --split, scaffold by default); NAME defaults to the folder "
-                         "or file name")
+        ..., json_schema_extra={"flag": "--task", "metavar": "[NAME=]PATH"},
+        description="tasks, repeatable: NAME=FOLDER (train/valid/test.csv inside), NAME=TRAIN,VALID,TEST, "
+                    "or one file (split with --split, scaffold by default); NAME defaults to the folder "
+                    "or file name")
     out: str = Field(..., description="output folder: report.md, CSVs, PNGs, summary.json")
     seeds: int = Field(3, ge=1, description="seeds of the downstream learner (0..seeds-1)")
     split: Split | None = Field(
         None, description="default split for tasks that name none: provided (folder/three files), or scaffold | "
                           "random (computed; pools the files). Default: provided, or scaffold for one file")
     label_columns: list[str] | None = Field(
-        None, json_schema_extra={"flag": "--label"}, description="label columns (repeat or comma-separate for multi-task; default: auto-detect)")
+        None, json_schema_extra={"flag": "--label"},
+        description="label columns (repeat or comma-separate for multi-task; default: auto-detect)")
     smiles_column: str | None = Field(None, description="SMILES column (default: auto-detect)")
     learner: LearnerName = Field(
         "rf", description="downstream learner: rf | xgboost | logreg | mlp (each a small grid chosen on valid), "
