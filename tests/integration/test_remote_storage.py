@@ -21,12 +21,12 @@ from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.inference import FusionEmbedder
 from dmf_ray.files import local_model_dir
 from dmf_ray.store import EmbeddingStore
-from dmf_ray.pipelines.train.driver import TRAIN_DIR, TrainConfig, train
+from dmf_ray.pipelines.train import TRAIN_DIR, TrainConfig, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAMES = ["ecfp", "maccs"]
-TINY = dict(latent_dim=16, gate_hidden=16, attention_hidden=8, decoder_hidden=32, dropout=0.0,
+TINY = dict(model=dict(latent_dim=16, gate_hidden=16, attention_hidden=8, decoder_hidden=32, dropout=0.0),
             batch_size=64, val_fraction=0.1, lr=3e-3)
 
 
