@@ -1,5 +1,5 @@
 """Pieces of the answers: the model card (GET /v1/model), a hidden modality's item in
-/v1/reconstruct, its cosine, and the Server-Timing header."""
+/v1/reconstruct, and the Server-Timing header."""
 
 from __future__ import annotations
 
