@@ -115,7 +115,8 @@ def _stop(app_name: str, serve_was_running: bool, ray_started: bool) -> None:
         # prints "graceful_shutdown failed ... killed by ray.kill"; a cluster we started goes
         # as a whole after the app's graceful delete, controller and proxies with it.
         if serve_was_running or ray_started:
-            serve.delete(app_name)
+            if app_name in serve.status().applications:
+                serve.delete(app_name)
         else:
             serve.shutdown()
     except Exception as exc:  # noqa: BLE001 - the cluster goes next anyway when we started it
