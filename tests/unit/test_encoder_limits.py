@@ -16,7 +16,7 @@ def test_an_oversized_molecule_is_refused_with_the_limit_in_the_reason(name):
     limit = encoder.max_heavy_atoms
     assert isinstance(limit, int) and limit > 0
     big = parse_smiles("C" * (limit + 1))
-    small = parse_smiles("CCO")
+    small = parse_smiles("CCCCOc1ccccc1")
     batch = encoder.encode([small, big])
     assert batch.errors == [None, f"{name}: {limit + 1:,} heavy atoms exceeds the encoder's limit of {limit:,}"]
     assert not batch.values[1].any() and batch.values[0].any()
