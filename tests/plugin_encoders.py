@@ -65,3 +65,17 @@ class CrashWhenArmed(Encoder):
 
     def encode_one(self, molecule):
         return np.array([min(255, molecule.mol.GetNumAtoms()), 1, 2, 3], dtype=np.uint8)
+
+
+@register("test-slow-inline")
+class SlowInline(NoNitrogen):
+    """20 ms a molecule, inline, never failing: keeps parse actors busy long enough to kill a
+    featurize driver while they still work."""
+
+    inline = True
+
+    def encode_one(self, molecule):
+        import time
+
+        time.sleep(0.02)
+        return np.zeros(3, dtype=np.float32)
