@@ -97,3 +97,17 @@ class TorchProjection(Encoder):
         with torch.no_grad():
             values = torch.tanh(torch.tanh(counts @ w1) @ w2).numpy()
         return EncodedBatch(values, [None] * len(molecules))
+
+
+@register("test-slow-inline")
+class SlowInline(NoNitrogen):
+    """20 ms a molecule, inline, never failing: keeps parse actors busy long enough to kill a
+    featurize driver while they still work."""
+
+    inline = True
+
+    def encode_one(self, molecule):
+        import time
+
+        time.sleep(0.02)
+        return np.zeros(3, dtype=np.float32)

@@ -50,13 +50,16 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     from dmf_ray.inputs import discover_inputs
     from dmf_ray.runtime import ensure_ray
 
-    # Check what can be checked before paying for a Ray start-up.
-    discover_inputs(args.inputs, args.smiles_column, args.id_column)
+    # Check what can be checked before paying for a Ray start-up; featurize starts Ray only
+    # when there is work to do.
+    discover_inputs(args.inputs, args.smiles_column, args.id_column, args.format)
     resolve_encoders(args.encoders)
-    ensure_ray(args.num_cpus)
     result = featurize(
-        args.inputs, args.store, args.encoders, args.smiles_column, args.id_column, args.shard_rows, log=_log
+        args.inputs, args.store, args.encoders, args.smiles_column, args.id_column, args.shard_rows, log=_log,
+        format=args.format, start_ray=lambda: ensure_ray(args.num_cpus),
     )
+    if result.nothing_to_do:
+        return 0
     _log(
         f"featurized {result.rows_read:,} new input rows ({result.failed:,} failed to parse) into "
         f"{result.store} in {result.seconds:.1f} s; vectors written: "
@@ -227,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("featurize", help="add molecules and/or modalities to an embedding store")
-    p.add_argument("inputs", nargs="+", help=".smi/.txt/.csv/.tsv/.parquet files (gzip ok) or folders; local or s3://")
+    p.add_argument("inputs", nargs="+", help=".smi/.txt/.ism/.can/.csv/.tsv/.parquet files (gzip ok) or folders; local or s3://")
+    p.add_argument("--format", choices=["smi", "csv", "tsv", "parquet"],
+                   help="format of the files named (default: from the extension, else from the content)")
     p.add_argument("--store", required=True, help="store directory (created if absent)")
     p.add_argument(
         "--encoders", type=_encoder_list, default=list(DEFAULT_ENCODERS),
