@@ -26,6 +26,7 @@ MESSAGE_PASSING = ("chemprop.nn.message_passing.base.BondMessagePassing",
 AGGREGATIONS = ("chemprop.nn.agg.MeanAggregation", "chemprop.nn.agg.SumAggregation",
                 "chemprop.nn.agg.NormAggregation", "chemprop.nn.agg.AttentiveAggregation")
 ACTIVATION_PREFIX = "torch.nn.modules.activation."
+ACTIVATION_NAMES = ("relu", "leakyrelu", "prelu", "tanh", "elu")
 
 
 class CheckpointRefused(ValueError):
@@ -129,6 +130,11 @@ def _activation(recorded: Any) -> Any:
     name = _qualified(recorded)
     if isinstance(recorded, str):
         return recorded
+    if name == "chemprop.nn.utils.Activation":  # an enum recorded by value: "relu", "tanh", ...
+        value = (getattr(recorded, "args", None) or ("",))[0]
+        if value not in ACTIVATION_NAMES:
+            raise CheckpointRefused(f"activation {value!r} is not one of {', '.join(ACTIVATION_NAMES)}")
+        return value
     if not name.startswith(ACTIVATION_PREFIX) or not hasattr(torch.nn, name[len(ACTIVATION_PREFIX):]):
         raise CheckpointRefused(f"activation {name} is not a torch activation")
     cls = getattr(torch.nn, name[len(ACTIVATION_PREFIX):])
