@@ -26,7 +26,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dmf_ray.inputs import InputError
     from dmf_ray.store import StoreError
 
-    from dmf_ray.pipelines.train.driver import TrainingError
+    from dmf_ray.pipelines.train import TrainingError
 
     return (CliError, InputError, StoreError, UnknownEncoderError, TrainingError, FileNotFoundError, NotADirectoryError, ValueError)
 
@@ -93,7 +93,7 @@ def _print_store_info(uri: str, as_json: bool) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dmf_ray.runtime import ensure_ray
-    from dmf_ray.pipelines.train.driver import config_from_args, train
+    from dmf_ray.pipelines.train import config_from_args, train
 
     from dmf_ray.store import EmbeddingStore
 
@@ -129,7 +129,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dmf_ray.pipelines.serve.app import run_server
+    from dmf_ray.pipelines.serve import run_server
 
     run_server(args.model, host=args.host, port=args.port)
     return 0
@@ -149,7 +149,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from dmf_ray.encoders import DEFAULT_ENCODERS
     from dmf_ray.pipelines.featurize import featurize
     from dmf_ray.runtime import ensure_ray
-    from dmf_ray.pipelines.train.driver import TrainConfig, train
+    from dmf_ray.pipelines.train import TrainConfig, train
 
     sample = _rdkit_sample_file()
     if not os.path.exists(sample):
@@ -164,7 +164,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     _print_store_info(store, as_json=False)
 
     _log(f"[2/3] train the fusion model for {args.epochs} epochs with Ray Train -> {model}")
-    trained = train(TrainConfig(store=store, out=model, epochs=args.epochs, workers=1, latent_dim=128), log=_log)
+    trained = train(TrainConfig(store=store, out=model, epochs=args.epochs, workers=1, model={"latent_dim": 128}), log=_log)
     _log(f"      epochs {trained.epochs_run}/{trained.epochs_total}; per-epoch metrics in {trained.metrics_file}")
 
     _log(f"[3/3] embed the library with the trained model -> {fused}")
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray_options(p)
     p.set_defaults(func=cmd_featurize)
 
-    from dmf_ray.pipelines.train.driver import add_train_arguments
+    from dmf_ray.pipelines.train import add_train_arguments
 
     p = sub.add_parser("train", help="train the fusion model on a store with Ray Train (DDP, progressive masking)")
     add_train_arguments(p)
