@@ -162,3 +162,12 @@ def test_shipped_admet_models_give_chemprops_own_fingerprints(admet):
     assert plain.args == admet.args
     with pytest.raises(ValueError, match="always uses ADMET-AI's models"):
         encoder_from_option("chemprop-admet=/tmp/x.pt")
+
+
+def test_nothing_reaches_the_terminal_while_loading_and_encoding(tmp_path):
+    pytest.importorskip("admet_ai", reason="the [graph] extra (admet-ai) is not installed")
+    code = ("from dmf_ray.encoders import encoder_from_option; from dmf_ray.molecules import parse_smiles; "
+            "e = encoder_from_option('chemprop')[1]; assert e.encode([parse_smiles('CCO')]).errors == [None]")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert run.stdout == "" and run.stderr == ""  # no Lightning banner, tip, warning or progress bar
