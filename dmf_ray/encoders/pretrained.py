@@ -194,6 +194,7 @@ class PretrainedEncoder(Encoder):
         self.device = device
         self.num_gpus = 0.0 if device == "cpu" else float(type(self).num_gpus if num_gpus is None else num_gpus)
         self._loaded: Any = None
+        self._max_rows: int | None = None  # molecules per embed call; halved on out-of-memory
         self._lock = threading.Lock()
 
     # -- construction from the CLI ------------------------------------------------------------
@@ -270,9 +271,16 @@ class PretrainedEncoder(Encoder):
         if molecules:
             model = self.loaded()
             molecules = canonical_molecules(molecules)
-            self.run_split(list(range(len(molecules))), lambda idx: self.embed(model, [molecules[i] for i in idx]),
-                           values, errors)
+            step = self._max_rows or len(molecules)
+            for start in range(0, len(molecules), step):
+                self.run_split(list(range(start, min(start + step, len(molecules)))),
+                               lambda idx: self.embed(model, [molecules[i] for i in idx]), values, errors,
+                               self._halve_rows)
         return self.finish(values, errors)
+
+    def _halve_rows(self, rows: list[int]) -> None:
+        # Out of GPU memory on len(rows) molecules: later calls of this actor pass at most half.
+        self._max_rows = max(1, min(self._max_rows or len(rows), len(rows)) // 2)
 
     # -- failure isolation and output checks ----------------------------------------------------
     def failure(self, exc: BaseException) -> str:

@@ -174,3 +174,30 @@ def test_package_location_resolves_per_node_and_pins_the_version(registered):
     with pytest.raises(ModelMismatchError) as info:
         encoder_from_spec({**encoder.spec(), "args": {**encoder.args, "package": "fcd==0.1"}})
     assert "\n" not in str(info.value) and "fcd==0.1" in str(info.value)
+
+
+class SmallCard(Linear):
+    """Runs out of (GPU) memory on more than 2 molecules at once, as a small card would."""
+
+    calls: list[int] = []
+
+    def embed(self, model, molecules):
+        import torch
+
+        SmallCard.calls.append(len(molecules))
+        if len(molecules) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().embed(model, molecules)
+
+
+def test_out_of_memory_halves_the_batch_until_it_fits_and_remembers(registered, tmp_path):
+    registered("test-small-card", SmallCard)
+    encoder = create_encoder("test-small-card", {"model": _write_linear(tmp_path / "m")})
+    molecules = [parse_smiles(s) for s in ("CCO", "CCN", "CCC", "CCCl", "c1ccccc1", "CC(=O)O", "OCCO", "CCCC")]
+    SmallCard.calls.clear()
+    batch = encoder.encode(molecules)
+    assert batch.errors == [None] * 8 and batch.values.any(axis=1).all()
+    assert SmallCard.calls[:3] == [8, 4, 2] and encoder._max_rows <= 2
+    SmallCard.calls.clear()
+    encoder.encode(molecules)  # the next batch starts at the size that fitted: no failed call
+    assert max(SmallCard.calls) <= 2
