@@ -23,7 +23,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def dry_run(tmp_path, *requirements: str, fresh: bool = False) -> dict[str, str]:
     report = tmp_path / f"report-{len(list(tmp_path.iterdir()))}.json"
     command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report)]
-    run = subprocess.run(command + (["--ignore-installed"] if fresh else []) + list(requirements),
+    if fresh:
+        # From scratch, but with the installed torch's version: the resolver then never fetches
+        # another torch (a CUDA build is gigabytes) and answers for this torch.
+        import torch
+
+        constraints = tmp_path / "constraints.txt"
+        constraints.write_text(f"torch=={torch.__version__.split('+')[0]}\n")
+        command += ["--ignore-installed", "-c", str(constraints)]
+    run = subprocess.run(command + list(requirements),
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     if run.returncode != 0:
         pytest.skip(f"pip could not resolve (no package index here?): {run.stderr.strip()[-300:]}")
