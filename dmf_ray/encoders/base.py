@@ -135,8 +135,8 @@ class Encoder:
     dtype: ClassVar[str] = "float32"
     version: ClassVar[str] = "1"
     default_batch_size: ClassVar[int] = 1024
-    # GPUs an actor asks for when the cluster has GPUs; 0 = a CPU encoder. An instance may
-    # override it (a constructor arg), never to a value the class did not allow.
+    # GPUs an actor asks for when the cluster has GPUs; 0 = a CPU encoder. Model encoders
+    # keep the class value unless given a ``num_gpus`` (or ``device="cpu"``) constructor arg.
     num_gpus: ClassVar[float] = 0.0
     # Cores one CPU actor of this encoder keeps busy (torch threads): a CPU pool gets
     # cpus // cores_per_actor actors. 1 for RDKit encoders and small networks.
