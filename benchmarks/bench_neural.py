@@ -10,7 +10,8 @@ Measured in one run, on the same MOSES molecules and the same model:
   loop-all   the same loop with torch's default threads (every core in one process)
   featurize  ``featurize(..., encoders=[name])`` on a local Ray with every core: parse, the
              encoder's actor pool, Parquet writes and commits; wall time from the call to its
-             return, actor start-up (torch/chemprop imports, model load) included
+             return, actor start-up (torch/chemprop imports, model load) included; and its
+             steady rate, between its first and last progress lines (actors up)
 
 and the ratio featurize / (cores x loop), the issue's target being >= 0.8 on CPU. Prints one
 JSON line. With a GPU, featurize's actors get ``num_gpus`` each and the loop runs on the GPU.
@@ -22,6 +23,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -63,24 +65,34 @@ def loop_rate(name: str, smiles: list[str], threads: int | None) -> float:
         torch.set_num_threads(before)
 
 
-def featurize_rate(name: str, smiles: list[str], cpus: int) -> tuple[float, float]:
-    """(molecules/s, seconds) of featurize on a fresh local Ray with ``cpus`` CPUs."""
+def featurize_rate(name: str, smiles: list[str], cpus: int) -> tuple[float, float, float]:
+    """(molecules/s, seconds, steady molecules/s) of featurize on a fresh local Ray with ``cpus``
+    CPUs; steady: between its first and last progress lines, i.e. once the actors are up."""
     import ray
 
     from dmf_ray.pipelines.featurize import featurize
 
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
+    progress: list[tuple[float, int]] = []  # (time, vectors written) from featurize's progress lines
+
+    def log(message: str) -> None:
+        found = re.match(r"featurize: ([\d,]+) vectors written", message)
+        if found:
+            progress.append((time.perf_counter(), int(found.group(1).replace(",", ""))))
+
     try:
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "lib.smi"
             src.write_text("".join(f"{s} m{i}\n" for i, s in enumerate(smiles)))
             start = time.perf_counter()
-            featurize([str(src)], str(Path(tmp) / "store"), [name], log=lambda m: None)
+            featurize([str(src)], str(Path(tmp) / "store"), [name], log=log, progress_interval_s=5.0)
             seconds = time.perf_counter() - start
     finally:
         ray.shutdown()
-    return len(smiles) / seconds, seconds
+    steady = ((progress[-1][1] - progress[0][1]) / (progress[-1][0] - progress[0][0])
+              if len(progress) > 1 and progress[-1][0] > progress[0][0] else float("nan"))
+    return len(smiles) / seconds, seconds, steady
 
 
 def main() -> None:
@@ -97,13 +109,16 @@ def main() -> None:
     smiles = read_smiles(args.source, max(args.n, args.loop_n))
     per_core = loop_rate(args.encoder, smiles[: args.loop_n], threads=1)
     all_threads = loop_rate(args.encoder, smiles[: args.loop_n], threads=None)
-    rate, seconds = featurize_rate(args.encoder, smiles[: args.n], args.cpus)
+    load_before = os.getloadavg()[0]
+    rate, seconds, steady = featurize_rate(args.encoder, smiles[: args.n], args.cpus)
     print(json.dumps({
         "encoder": args.encoder, "molecules": args.n, "cpus": args.cpus, "gpu": torch.cuda.is_available(),
         "loop_per_core_mol_s": round(per_core, 1), "loop_all_threads_mol_s": round(all_threads, 1),
         "featurize_mol_s": round(rate, 1), "featurize_s": round(seconds, 1),
+        "featurize_steady_mol_s": round(steady, 1),
         "ratio_to_cores_x_loop": round(rate / (args.cpus * per_core), 3),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "steady_ratio_to_cores_x_loop": round(steady / (args.cpus * per_core), 3),
+        "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }))
 
 

@@ -212,9 +212,13 @@ class Encoder:
         ``cpus_per_actor`` is what a CPU actor asks for (pipelines keep a share of the cluster
         for their read and write tasks). GPU encoders get ``gpus // num_gpus`` GPU actors where
         there are GPUs; on a CPU-only cluster every encoder gets ``cpus // cores_per_actor``."""
+        # A fixed pool (min = max): an actor's start (imports, model load) costs seconds, and
+        # Ray Data's autoscaling pool starts one and adds the others only once work queues up.
         if self.num_gpus > 0 and gpus > 0:
-            return ActorPlan(1, max(1, int(gpus // self.num_gpus)), 1.0, float(self.num_gpus), self.memory)
-        return ActorPlan(1, max(1, int(cpus // max(1, self.cores_per_actor))), cpus_per_actor, 0.0, self.memory)
+            size = max(1, int(gpus // self.num_gpus))
+            return ActorPlan(size, size, 1.0, float(self.num_gpus), self.memory)
+        size = max(1, int(cpus // max(1, self.cores_per_actor)))
+        return ActorPlan(size, size, cpus_per_actor, 0.0, self.memory)
 
     def encoder_spec(self) -> EncoderSpec:
         """The typed record of this modality (see ``EncoderSpec``)."""
