@@ -290,18 +290,6 @@ def _parse_pool_size(files: list[InputFile], shard_rows: int, cpus: float) -> in
     return max(1, min(int(cpus), shards))
 
 
-def _pool_size(encoder: Encoder, cpus: float, gpus: float) -> tuple[int, int]:
-    if encoder.num_gpus > 0 and gpus > 0:
-        return 1, max(1, int(gpus // encoder.num_gpus))
-    if encoder.num_gpus > 0:
-        # A GPU model on a CPU-only cluster: each actor holds a full model copy, and one
-        # model already uses several cores through torch's threads.
-        return 1, max(1, int(cpus // 4))
-    return 1, max(1, int(cpus))
-
-
-
-
 def _build_pipeline(
     files: list[InputFile], store: EmbeddingStore, store_uri: str, specs: dict[str, dict],
     inline: list[str], pooled: dict[str, Encoder], *, skip: set[str], known: dict[str, np.ndarray],
@@ -334,14 +322,15 @@ def _build_pipeline(
                                "inputs_done": inputs_done, "modality_done": modality_done},
     )
     for name, encoder in pooled.items():
-        low, high = _pool_size(encoder, cpus, gpus)
+        plan = encoder.actor_plan(cpus, gpus, cpus_per_actor)  # pool size and per-actor resources
         ds = ds.map_batches(
             EncodeStage,
             batch_size=encoder.default_batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-            num_cpus=cpus_per_actor if encoder.num_gpus == 0 or gpus == 0 else 1,
-            num_gpus=encoder.num_gpus if gpus > 0 else 0,
+            compute=ray.data.ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+            **({"memory": plan.memory} if plan.memory else {}),
             fn_constructor_kwargs={"name": name, "spec": specs[name]},
         )
     if pooled:
@@ -491,9 +480,11 @@ def _run(store: EmbeddingStore, store_uri: str, files: list[InputFile], chosen: 
     incomplete = [k for k, v in written.items() if k[0] not in store.committed_keys(modality_table(k[1]))]
     if incomplete:
         raise RuntimeError(f"{len(incomplete)} shard-modalities were written only in part, e.g. {incomplete[0]}; rerun to finish them")
-    encoded = {n: sum(record["rows"] for shard, record in store.committed(modality_table(n)).items()
-                      if shard not in modality_done[n]) for n in names}
     duplicates = {n: store.deduplicate(n) for n in names}
+    # What this run added to each table: its committed rows less the copies of molecules that
+    # several of its shards held (removed just above).
+    encoded = {n: sum(record["rows"] for shard, record in store.committed(modality_table(n)).items()
+                      if shard not in modality_done[n]) - duplicates[n] for n in names}
     inputs_now = store.committed(INPUTS_TABLE)
     new_shards = [k for k in inputs_now if k not in inputs_done]
     return FeaturizeResult(
