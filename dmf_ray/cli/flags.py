@@ -293,11 +293,15 @@ def problem_lines(error: Exception, flag_set: FlagSet | None = None) -> list[str
 
 
 def _with_flag(line: str, flag_set: FlagSet | None) -> str:
-    where, sep, rest = line.partition(": ")
-    if not sep or flag_set is None or " " in where:
+    """'epochs: must be >= 1' or 'epochs must be ...' -> the same with '--epochs' for 'epochs'."""
+    if flag_set is None:
         return line
+    head = line.split(" ", 1)[0]
+    where = head.removesuffix(":")
     option = flag_set.option_for(where.split("."))
-    return f"{option}: {rest}" if option else line
+    if option is None:
+        return line
+    return option + line[len(where):]
 
 
 def nest(model: type, flat: Mapping[str, Any]) -> dict[str, Any]:
