@@ -118,11 +118,11 @@ def pretrain(args, work: Path, timings: dict) -> str:
     if args.untrained:
         model_dir = untrained_model(store, encoders, args.latent_dim, work / "model-untrained")
     else:
-        from dmf_ray.pipelines.train.driver import TrainConfig, train
+        from dmf_ray.pipelines.train import TrainConfig, train
 
         model_dir = str(work / "model")
         train(TrainConfig(store=store, out=model_dir, modalities=encoders, epochs=args.epochs,
-                          latent_dim=args.latent_dim, workers=args.train_workers), log=log)
+                          model={"latent_dim": args.latent_dim}, workers=args.train_workers), log=log)
     timings["train_s"] = round(time.perf_counter() - t0, 1)
     return model_dir
 

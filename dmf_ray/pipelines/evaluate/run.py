@@ -360,7 +360,7 @@ def _attention(model, data: _TaskData, rates: Sequence[float], seeds: Sequence[i
     import torch
 
     from dmf_ray.inference import fuse_arrays
-    from dmf_ray.model.fusion import sample_training_mask
+    from dmf_ray.model import sample_training_mask
 
     rows = data.split_of("test")
     present = data.present[rows]
