@@ -63,7 +63,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Problems the user can fix (imported only once something failed)."""
     errors: list[type[BaseException]] = [CliError, FileNotFoundError, NotADirectoryError, ValueError]
     for module, name in (("dmf_ray.encoders", "UnknownEncoderError"), ("dmf_ray.inputs", "InputError"),
-                         ("dmf_ray.store", "StoreError"), ("dmf_ray.pipelines.train.config", "TrainingError")):
+                         ("dmf_ray.store", "StoreError"), ("dmf_ray.pipelines.train", "TrainingError")):
         mod = sys.modules.get(module)  # a class from a module never imported cannot have been raised
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))

@@ -253,9 +253,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def build_config(model: type, values: Mapping[str, Any]) -> Any:
-    """The config from nested ``values`` (pydantic: ``model_validate``; dataclass: keywords)."""
-    if hasattr(model, "model_validate"):
-        return model.model_validate(dict(values))
+    """The config from nested ``values`` (keywords: a config's own __init__ may gather its problems)."""
     return model(**values)
 
 
@@ -280,6 +278,10 @@ def problem_lines(error: Exception, flag_set: FlagSet | None = None) -> list[str
         lines = []
         for e in error.errors(include_url=False):
             where = ".".join(str(p) for p in e["loc"])
+            inner = (e.get("ctx") or {}).get("error")
+            if isinstance(getattr(inner, "problems", None), list):  # a nested config's own problem lines
+                lines += [f"{where}.{p}" if where else str(p) for p in inner.problems]
+                continue
             message = e["msg"].removeprefix("Value error, ")
             got = "" if e["type"] in ("missing", "value_error") else f", got {e.get('input')!r}"
             lines.append(f"{where}: {message}{got}" if where else message)

@@ -84,8 +84,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     from dmf_ray.encoders import DEFAULT_ENCODERS
     from dmf_ray.pipelines.embed import embed
     from dmf_ray.pipelines.featurize import featurize
-    from dmf_ray.pipelines.train.config import TrainConfig
-    from dmf_ray.pipelines.train.driver import train
+    from dmf_ray.pipelines.train import TrainConfig, train
     from dmf_ray.runtime import ensure_ray
     from dmf_ray.cli.store import print_store_info
     from dmf_ray.cli.train import epochs_line

@@ -15,7 +15,7 @@ PREFIXES = {"model": "", "fusion": "", "schedule": "mask", "masking": "mask"}
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
-    from dmf_ray.pipelines.train.config import TrainConfig
+    from dmf_ray.pipelines.train import TrainConfig
 
     flags = add_config_flags(parser, TrainConfig, rename=RENAME, prefixes=PREFIXES, required={"store", "out"})
     console.add_run_flags(parser)
@@ -23,15 +23,12 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dmf_ray.pipelines.train.config import TrainConfig
-    from dmf_ray.pipelines.train.driver import train
-    from dmf_ray.store import EmbeddingStore
+    from dmf_ray.pipelines.train import TrainConfig, train
 
     config = build_config(TrainConfig, args.flags.values(args))  # every field checked before Ray starts
-    EmbeddingStore.open(config.store)
     console.setup(args.verbose, args.num_cpus)
-    # train() answers "nothing to do" and refuses settings that differ from the run in --out
-    # before it starts Ray (runtime.ensure_ray, which takes --num-cpus and the output settings).
+    # train() runs check_training first: a missing store or modality, settings that differ from
+    # the run in --out, or a finished run ("nothing to do") answer before Ray starts.
     with console.step("train") as bar:
         result = console.with_progress(train, bar, config, log=console.log)
     console.log(f"model: {result.model_dir} ({epochs_line(result)}; metrics in {result.metrics_file})")
