@@ -85,8 +85,14 @@ def error_line(exc: BaseException, args: argparse.Namespace | None = None) -> st
     return f"{head}: " + "; ".join(problem_lines(exc, flag_set))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``dmf`` with ``argv`` (default: sys.argv[1:]); returns the exit status."""
+def main(argv: list[str] | None = None, own_process: bool | None = None) -> int:
+    """Run ``dmf`` with ``argv`` (default: sys.argv[1:]); returns the exit status.
+
+    ``own_process``: dmf is the program of this process (default: when argv is None), so the
+    driver's C-level stderr may go to the Ray logs (see console)."""
+    from dmf_ray.cli import console
+
+    console.own_process(argv is None if own_process is None else own_process)
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

@@ -30,7 +30,9 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-_state: dict[str, Any] = {"verbose": False, "live": None}
+# own_process: dmf runs as its own command (not main([...]) called inside another program, such
+# as a test session), so it may take over file descriptor 2.
+_state: dict[str, Any] = {"verbose": False, "live": None, "own_process": False}
 
 
 def setup(verbose: bool = False, num_cpus: int | None = None, worker_lines: bool = False) -> None:
@@ -67,7 +69,8 @@ def quiet_ray() -> None:
             handler.setLevel(logging.ERROR)
     for name in ("ray.train", "ray.tune", "ray.serve"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    _c_stderr_to(_ray_logs_dir())
+    if _state["own_process"]:
+        _c_stderr_to(_ray_logs_dir())
 
 
 def _ray_logs_dir() -> str | None:
@@ -157,3 +160,10 @@ def add_run_flags(parser: Any, ray: bool = True) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray's own output (progress tables, worker and actor lines); by default "
                              "it goes only to the Ray session's logs")
+
+
+def own_process(yes: bool) -> None:
+    """Whether dmf runs as its own command (``dmf ...``, ``python -m dmf_ray.cli``, a job entry
+    point) rather than ``main([...])`` inside another program: only then is the driver's C-level
+    stderr pointed at the Ray logs."""
+    _state["own_process"] = yes
