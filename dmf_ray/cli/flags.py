@@ -70,6 +70,7 @@ class _Field:
     annotation: Any
     default: Any  # _MISSING when required
     help: str
+    extra: Mapping[str, Any] = field(default_factory=dict)  # json_schema_extra: "flag", "metavar"
 
 
 def config_fields(model: type) -> list[_Field]:
@@ -83,7 +84,8 @@ def config_fields(model: type) -> list[_Field]:
                 default = _MISSING
             else:
                 default = info.get_default(call_default_factory=True)
-            out.append(_Field(name, info.annotation, default, info.description or ""))
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, Mapping) else {}
+            out.append(_Field(name, info.annotation, default, info.description or "", extra))
         return out
     if dataclasses.is_dataclass(model):
         hints = typing.get_type_hints(model)
@@ -180,14 +182,17 @@ def _argparse_kwargs(f: _Field, default: Any, name: str) -> dict[str, Any]:
         choices = list(typing.get_args(tp))
         kwargs.update(choices=choices, type=type(choices[0]))
     elif origin in (list, tuple, set, frozenset) or tp in (list, tuple):
-        item = (typing.get_args(tp) or (str,))[0]
-        item = _unwrap(item)
-        kind = item if item in (int, float, str) else str
-        kwargs.update(type=comma_list(kind), action="extend", metavar=f"{_METAVARS.get(kind, 'NAME')}[,...]")
+        item = _unwrap((typing.get_args(tp) or (str,))[0])
+        if item in (int, float, str):
+            kwargs.update(type=comma_list(item), action="extend", metavar=f"{_METAVARS.get(item, 'NAME')}[,...]")
+        else:  # items in their own text form (which may hold commas), parsed by the config: repeat the flag
+            kwargs.update(type=str, action="append", metavar=name.rsplit("-", 1)[-1].upper())
     elif tp in (int, float, str):
         kwargs.update(type=tp, metavar=_METAVARS.get(tp) or name.rsplit("-", 1)[-1].upper())
     else:
         kwargs.update(type=_json, metavar="JSON")
+    if "metavar" in f.extra:
+        kwargs["metavar"] = f.extra["metavar"]
     return kwargs
 
 
@@ -235,7 +240,8 @@ def add_config_flags(
                 flag_set=flag_set, _path=path, _prefix=_join(_prefix, nested_prefix),
             )
             continue
-        name = _join(_prefix, rename.get(key, f.name).replace("_", "-"))
+        own = rename.get(key) or str(f.extra.get("flag", "")).lstrip("-") or f.name
+        name = _join(_prefix, own.replace("_", "-"))
         dest = "cfg__" + "__".join(path)
         kwargs = {**_argparse_kwargs(f, default, name), **overrides.get(key, {})}
         if kwargs.pop("positional", False):

@@ -131,3 +131,22 @@ def test_the_real_configs_generate_flags_for_every_field():
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, action.option_strings
+
+
+class Task(BaseModel):
+    name: str
+    source: str
+
+
+class WithExtras(BaseModel):
+    tasks: list[Task] = Field(..., json_schema_extra={"flag": "--task", "metavar": "[NAME=]PATH"},
+                              description="tasks, repeatable")
+    labels: list[str] | None = Field(None, json_schema_extra={"flag": "--label"}, description="label columns")
+
+
+def test_a_field_may_name_its_flag_and_metavar_and_complex_items_repeat():
+    parser, flags = parser_for(WithExtras)
+    text = parser.format_help()
+    assert "--task [NAME=]PATH" in text and "--label NAME[,...]" in text
+    args = parser.parse_args(["--task", "a=x,y,z", "--task", "b", "--label", "p,q"])
+    assert flags.values(args) == {"tasks": ["a=x,y,z", "b"], "labels": ["p", "q"]}
