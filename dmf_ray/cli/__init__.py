@@ -59,6 +59,7 @@ def cmd_featurize(args: argparse.Namespace) -> int:
         format=args.format, start_ray=lambda: ensure_ray(args.num_cpus),
     )
     if result.nothing_to_do:
+        _print_store_info(args.store, as_json=False)
         return 0
     _log(
         f"featurized {result.rows_read:,} new input rows ({result.failed:,} failed to parse) into "

@@ -14,6 +14,11 @@ Stages (all streaming, so memory stays bounded whatever the library size):
 5. commit  the driver counts written rows and commits a pooled (shard, modality) once all its
            rows are on disk.
 
+Before Ray starts, the driver compares the inputs' shard keys with the store's commits (and
+says "nothing to do: N/N shards already committed" when every shard is there) and reads each
+compressed input to its end (a truncated file is one line, before anything of it is stored).
+Each run takes the store's write lease (``dmf_ray.store_commits``): actors of an earlier run,
+killed or not, can no longer commit. Shards of an input file that changed since are replaced.
 A rerun of the same command removes uncommitted leftovers and redoes only what is missing.
 A molecule present in two shards of one run is encoded twice (neither shard knew of the
 other) and the second row is removed at the end (``EmbeddingStore.deduplicate``).
