@@ -85,9 +85,9 @@ def plain_loop(store_uri: str, config, threads: int, device: str) -> list[float]
     import numpy as np
     import torch
 
-    from dmf_ray.model.fusion import DynamicFusion
+    from dmf_ray.model import DynamicFusion, FusionConfig, array_moments, normalization_stats
+    from dmf_ray.pipelines.train.data import validation_mask
     from dmf_ray.store import EmbeddingStore
-    from dmf_ray.pipelines.train.data import batch_moments, scale_of, validation_mask
     from dmf_ray.pipelines.train.step import make_optimizer, train_step
 
     store = EmbeddingStore.open(store_uri)
@@ -96,15 +96,14 @@ def plain_loop(store_uri: str, config, threads: int, device: str) -> list[float]
     train_rows = np.flatnonzero(~validation_mask(arrays.mol_ids, config.val_fraction))
     values = {m: arrays.values[m][train_rows].astype(np.float32) for m in names}
     present = arrays.present[train_rows]
-    moments = batch_moments(values, present, names)
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
-    model = DynamicFusion(config.fusion_config(names, [values[m].shape[1] for m in names])).to(device)
-    model.set_normalization({m: (moments[m].mean, scale_of(moments[m])) for m in names if moments[m].count})
+    model = DynamicFusion(FusionConfig.build(names, [values[m].shape[1] for m in names], config.model)).to(device)
+    model.set_normalization(normalization_stats(array_moments(values, present, names)))
     optimizer = make_optimizer(model.parameters(), config.lr, config.weight_decay)
     inputs = [torch.from_numpy(values[m]).to(device) for m in names]
     mask = torch.from_numpy(present).to(device)
-    schedule = config.schedule()
+    schedule = config.masking
     n, bs = len(train_rows), config.batch_size
     steps = -(-n // bs)
     generator = torch.Generator().manual_seed(config.seed)
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from dmf_ray.runtime import cluster_resources, ensure_ray
-    from dmf_ray.pipelines.train.driver import TrainConfig, read_metrics_file, train
+    from dmf_ray.pipelines.train import TrainConfig, read_metrics_file, train
 
     ensure_ray(dashboard=True)  # Ray Train
     import ray
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers, threads in configs:
             label = f"{workers}x{threads}"
             config = TrainConfig(store=store, out=str(model_dir), epochs=args.epochs, workers=workers,
-                                 torch_threads=threads, use_gpu=args.gpu, latent_dim=args.latent_dim,
+                                 torch_threads=threads, use_gpu=args.gpu, model={"latent_dim": args.latent_dim},
                                  batch_size=args.batch_size, fresh=True)
             started = time.perf_counter()
             with GpuSampler() if args.gpu else _nothing() as sampler:

@@ -410,7 +410,7 @@ class EmbeddingStore:
     # ---- maintenance ---------------------------------------------------------------------
     def deduplicate(self, name: str) -> int:
         """Keep one row per mol_id in a modality (the first in file order), and only molecules
-        some committed input shard holds; returns rows removed.
+        some committed input shard holds; returns the duplicate rows removed.
 
         Two shards of one run can hold the same molecule (it was in two files); neither knew
         of the other while encoding. Both rows hold the same vector, so either may stay. A
@@ -421,13 +421,14 @@ class EmbeddingStore:
         ids = [pq.read_table(f, filesystem=self.fs, columns=["mol_id"]).column("mol_id") for f in files]
         all_ids = pd.Index(np.concatenate([c.to_numpy(zero_copy_only=False) for c in ids]) if ids else [])
         current = self.molecules_table(["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
-        duplicated = all_ids.duplicated(keep="first") | ~all_ids.isin(current)
-        if not duplicated.any():
+        orphan = ~all_ids.isin(current)
+        duplicated = all_ids.duplicated(keep="first") & ~orphan
+        if not (duplicated | orphan).any():
             return 0
         spec = self.modalities[name]
         start = 0
         for path, column in zip(files, ids):
-            drop = duplicated[start : start + len(column)]
+            drop = (duplicated | orphan)[start : start + len(column)]
             start += len(column)
             if drop.any():
                 table = pq.read_table(path, filesystem=self.fs, schema=modality_schema(spec["dtype"], spec["dim"]))

@@ -19,6 +19,7 @@ def save_random_model(directory: str | os.PathLike, smiles: list[str], modalitie
     from dmf_ray.artifact import save_fusion_model
     from dmf_ray.encoders import create_encoder
     from dmf_ray.model.fusion import DynamicFusion, FusionConfig
+    from dmf_ray.model.normalization import Moments, normalization_stats
     from dmf_ray.molecules import parse_smiles
 
     torch.manual_seed(seed)
@@ -26,12 +27,12 @@ def save_random_model(directory: str | os.PathLike, smiles: list[str], modalitie
     model = DynamicFusion(FusionConfig(modalities=list(modalities), dims=[e.dim for e in encoders.values()],
                                        **fusion_settings))
     molecules = [parse_smiles(s) for s in smiles]
-    stats = {}
+    moments = {}
     for m, encoder in encoders.items():
         batch = encoder.encode(molecules)
         ok = np.array([e is None for e in batch.errors])
-        stats[m] = (batch.values[ok].mean(0), batch.values[ok].std(0))
-    model.set_normalization(stats)
+        moments[m] = Moments.of(batch.values[ok])
+    model.set_normalization(normalization_stats(moments))  # the statistics dmf train computes
     base = {"modalities": {m: e.spec() for m, e in encoders.items()},
             "training": {"epochs": 0, "note": "random weights (dmf_ray.testing)"}, "metrics": {}, "versions": {}}
     save_fusion_model(directory, model, {**base, **(card or {})})

@@ -1,6 +1,5 @@
-"""Dynamic Multi-Modal Fusion: config, model, losses and the progressive masking schedule.
-
-Pure torch: no file I/O (artifact.py) and no Ray (train.py), so all of it runs in a CPU unit test.
+"""Dynamic Multi-Modal Fusion (paper Sec. 2): the config and the module. Pure torch: no file I/O
+(artifact.py) and no Ray (pipelines/train), so all of it runs in a CPU unit test.
 
 Shapes: B samples, M modalities (in config order), d_m the raw dim of modality m, d = latent_dim.
 Three bool [B, M] masks appear throughout:
@@ -8,228 +7,112 @@ Three bool [B, M] masks appear throughout:
   masked    present, but hidden from the model for this training step (progressive masking)
   visible   present & ~masked: what the model is allowed to look at
 At inference nothing is masked, so visible == present.
+
+The losses are in ``losses``, the masking schedule in ``masking``, the normalisation statistics
+in ``normalization`` and the reconstruction cosine in ``metrics``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-# Clamp for logs and denominators. Small enough to never bias a real value, large enough that
-# float32 never underflows when it is squared or multiplied.
-_TINY = 1e-12
+from dmf_ray.model.validation import ConfigError, ConfigModel, describe, is_int
+
+_StrictInt = Annotated[int, Field(strict=True)]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _raise_problems(what: str, problems: list[str]) -> None:
-    # One message with every problem, so a bad config is fixed in one edit rather than N runs.
-    if problems:
-        raise ValueError(f"invalid {what}:\n  - " + "\n  - ".join(problems))
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FusionConfig:
-    """Everything needed to rebuild a DynamicFusion; JSON-serialisable via to_dict/from_dict.
+class FusionSettings(ConfigModel):
+    """The model's hyperparameters: everything in FusionConfig except what the data fixes
+    (modality names and dims). TrainConfig nests it, so a new setting is one field here.
 
     The paper gives no loss weights; the defaults keep reconstruction (the self-supervised signal
     that makes the fused vector informative about missing modalities) dominant and the
     regularisers an order of magnitude smaller.
     """
 
-    modalities: list[str] = field(metadata={"help": "modality names; fixes the order of inputs"})
-    dims: list[int] = field(metadata={"help": "raw embedding dim of each modality"})
-    latent_dim: int = field(default=512, metadata={"help": "shared latent / fused vector dim"})
-    gate_hidden: int = field(
-        default=256, metadata={"help": "gate MLP hidden width (capped at the modality dim)"}
-    )
-    attention_hidden: int = field(default=128, metadata={"help": "attention scorer hidden width"})
-    decoder_hidden: int = field(default=512, metadata={"help": "decoder MLP hidden width"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout in gate and decoder MLPs"})
-    std_floor: float = field(
-        default=1e-6, metadata={"help": "normalisation std is max(std, std_floor)"}
-    )
-    align_weight: float = field(default=0.1, metadata={"help": "lambda_a, Eq. 3"})
-    diversity_weight: float = field(default=0.05, metadata={"help": "lambda_d, Eq. 4 (CKA form)"})
-    entropy_weight: float = field(default=0.05, metadata={"help": "lambda_e, Eq. 5 (inverted)"})
-    sparsity_weight: float = field(default=0.01, metadata={"help": "lambda_s, Eq. 6"})
+    latent_dim: int = Field(512, gt=0, strict=True, description="fused vector (shared latent) dim")
+    gate_hidden: int = Field(256, gt=0, strict=True,
+                             description="gate MLP hidden width (capped at the modality dim)")
+    attention_hidden: int = Field(128, gt=0, strict=True, description="attention scorer hidden width")
+    decoder_hidden: int = Field(512, gt=0, strict=True, description="decoder MLP hidden width")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, strict=True, allow_inf_nan=False,
+                           description="dropout in the gate and decoder MLPs")
+    std_floor: float = Field(1e-6, gt=0.0, strict=True, allow_inf_nan=False,
+                             description="normalisation std is max(std, std_floor)")
+    align_weight: float = Field(0.1, ge=0.0, strict=True, allow_inf_nan=False,
+                                description="lambda_a, weight of the alignment loss (Eq. 3)")
+    diversity_weight: float = Field(0.05, ge=0.0, strict=True, allow_inf_nan=False,
+                                    description="lambda_d, weight of the gate diversity loss (Eq. 4, CKA form)")
+    entropy_weight: float = Field(0.05, ge=0.0, strict=True, allow_inf_nan=False,
+                                  description="lambda_e, weight of the attention entropy loss (Eq. 5, inverted)")
+    sparsity_weight: float = Field(0.01, ge=0.0, strict=True, allow_inf_nan=False,
+                                   description="lambda_s, weight of the gate sparsity loss (Eq. 6)")
 
-    def __post_init__(self) -> None:
-        # YAML/CLI loaders hand over tuples; lists keep to_dict() -> JSON -> from_dict() exact.
-        if isinstance(self.modalities, tuple):
-            self.modalities = list(self.modalities)
-        if isinstance(self.dims, tuple):
-            self.dims = list(self.dims)
-        self.validate()
 
-    def validate(self) -> None:
+class FusionConfig(FusionSettings):
+    """Everything needed to rebuild a DynamicFusion; JSON via to_dict/from_dict (config.json).
+
+    Raises ConfigError (a ValueError) naming every problem at once."""
+
+    modalities: list[str] = Field(description="modality names; fixes the order of inputs")
+    dims: list[_StrictInt] = Field(description="raw embedding dim of each modality")
+
+    @classmethod
+    def cross_problems(cls, data: Mapping[str, Any]) -> list[str]:
         problems: list[str] = []
-        mods, dims = self.modalities, self.dims
-        if not isinstance(mods, list) or not mods:
-            problems.append(f"modalities must be a non-empty list of names, got {mods!r}")
-        else:
+        mods, dims = data.get("modalities"), data.get("dims")
+        mods = list(mods) if isinstance(mods, tuple) else mods
+        dims = list(dims) if isinstance(dims, tuple) else dims
+        if isinstance(mods, list):
+            if not mods:
+                problems.append("modalities must be a non-empty list of names, got []")
             for name in mods:
                 if not isinstance(name, str) or not name.strip():
                     problems.append(f"modality name {name!r} must be a non-empty string")
             dupes = sorted({str(n) for n in mods if mods.count(n) > 1})
             if dupes:
                 problems.append(f"modality names must be unique, repeated: {dupes}")
-        if not isinstance(dims, list) or not dims:
-            problems.append(f"dims must be a non-empty list of positive ints, got {dims!r}")
-        else:
-            bad = [d for d in dims if not (_is_int(d) and d > 0)]
-            if bad:
-                problems.append(f"dims must be positive ints, got bad values {bad!r}")
+        if isinstance(dims, list):
+            bad = [d for d in dims if not (is_int(d) and d > 0)]
+            if not dims or bad:
+                problems.append(f"dims must be a non-empty list of positive ints, got bad values {bad!r}")
             if isinstance(mods, list) and len(mods) != len(dims):
-                problems.append(
-                    f"dims has {len(dims)} entries but modalities has {len(mods)}: {mods!r}"
-                )
-        for name in ("latent_dim", "gate_hidden", "attention_hidden", "decoder_hidden"):
-            v = getattr(self, name)
-            if not (_is_int(v) and v > 0):
-                problems.append(f"{name} must be a positive int, got {v!r}")
-        if not (_is_real(self.dropout) and 0.0 <= self.dropout < 1.0):
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not (_is_real(self.std_floor) and self.std_floor > 0.0):
-            problems.append(f"std_floor must be a finite number > 0, got {self.std_floor!r}")
-        for name in ("align_weight", "diversity_weight", "entropy_weight", "sparsity_weight"):
-            v = getattr(self, name)
-            if not (_is_real(v) and v >= 0.0):
-                problems.append(f"{name} must be a finite number >= 0, got {v!r}")
-        _raise_problems("FusionConfig", problems)
+                problems.append(f"dims has {len(dims)} entries but modalities has {len(mods)}: {mods!r}")
+        return problems
+
+    @classmethod
+    def build(cls, modalities: Sequence[str], dims: Sequence[int], settings: FusionSettings) -> FusionConfig:
+        """The config of a model over these modalities with these hyperparameters."""
+        return cls(modalities=list(modalities), dims=list(dims), **settings.model_dump())
+
+    def settings(self) -> FusionSettings:
+        """The hyperparameters alone (what TrainConfig.model holds)."""
+        return FusionSettings(**self.model_dump(exclude={"modalities", "dims"}))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, data: Mapping) -> FusionConfig:
+        """From to_dict()'s output (config.json); unknown and missing fields are named."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"FusionConfig.from_dict expects a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        problems = [f"unknown field {k!r}" for k in sorted(set(data) - known, key=str)]
-        problems += [f"missing required field {k!r}" for k in ("modalities", "dims")
-                     if k not in data]
-        _raise_problems("FusionConfig", problems)
+            raise ConfigError(cls.__name__, [f"from_dict expects a mapping, got {type(data).__name__}"])
+        problems = [f"unknown field {k!r}" for k in sorted(set(data) - set(cls.model_fields), key=str)]
+        problems += [f"missing required field {k!r}" for k in ("modalities", "dims") if k not in data]
+        if problems:
+            raise ConfigError(cls.__name__, problems)
         return cls(**dict(data))
 
     @property
     def num_modalities(self) -> int:
         return len(self.modalities)
-
-
-# --------------------------------------------------------------------------------------------
-# Progressive masking
-# --------------------------------------------------------------------------------------------
-
-MASK_SCHEDULE_KINDS = ("linear", "cosine", "step")
-
-
-@dataclass
-class MaskSchedule:
-    """Masking probability as a function of training progress in [0, 1] (the paper's curriculum).
-
-    linear: straight line p_start -> p_end.  cosine: slow start and finish (half cosine).
-    step: `steps` equal-length plateaus from p_start to p_end inclusive.
-    """
-
-    p_start: float = field(default=0.1, metadata={"help": "masking probability at progress 0"})
-    p_end: float = field(default=0.6, metadata={"help": "masking probability at progress 1"})
-    kind: str = field(default="linear", metadata={"help": f"one of {MASK_SCHEDULE_KINDS}"})
-    steps: int = field(default=5, metadata={"help": "number of plateaus for kind='step' (>= 2)"})
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        problems: list[str] = []
-        for name in ("p_start", "p_end"):
-            v = getattr(self, name)
-            if not (_is_real(v) and 0.0 <= v <= 1.0):
-                problems.append(f"{name} must be a probability in [0, 1], got {v!r}")
-        if self.kind not in MASK_SCHEDULE_KINDS:
-            problems.append(f"kind must be one of {MASK_SCHEDULE_KINDS}, got {self.kind!r}")
-        if not (_is_int(self.steps) and self.steps >= 2):
-            problems.append(f"steps must be an int >= 2, got {self.steps!r}")
-        _raise_problems("MaskSchedule", problems)
-
-    def probability(self, progress: float) -> float:
-        progress = float(progress)
-        if not math.isfinite(progress):
-            raise ValueError(f"progress must be a finite number in [0, 1], got {progress!r}")
-        # Clamped rather than rejected: step/total overshoots by one on the last step of many loops.
-        t = min(max(progress, 0.0), 1.0)
-        if self.kind == "linear":
-            frac = t
-        elif self.kind == "cosine":
-            frac = 0.5 * (1.0 - math.cos(math.pi * t))
-        else:
-            level = min(int(t * self.steps), self.steps - 1)
-            frac = level / (self.steps - 1)
-        return self.p_start + (self.p_end - self.p_start) * frac
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> MaskSchedule:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"MaskSchedule.from_dict expects a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)}, key=str)
-        _raise_problems("MaskSchedule", [f"unknown field {k!r}" for k in unknown])
-        return cls(**dict(data))
-
-
-def sample_training_mask(
-    present: Tensor, p: float, generator: torch.Generator | None = None
-) -> Tensor:
-    """Bool [B, M] of modalities to hide this step: each present one independently with prob p.
-
-    Absent modalities are never masked. A sample is never left with nothing visible: if every
-    present modality was drawn, one of them (uniformly at random) is revealed again, because a
-    sample with no input gives a zero fused vector and nothing to learn from. A sample with one
-    present modality is therefore never masked, and the realised rate for a sample with n present
-    modalities is p - p**n / n (close to p once n is large).
-    """
-    if not isinstance(present, Tensor) or present.dtype != torch.bool or present.dim() != 2:
-        raise ValueError(f"present must be a bool tensor [B, M], got {_describe(present)}")
-    if not (_is_real(p) and 0.0 <= p <= 1.0):
-        raise ValueError(f"masking probability must be in [0, 1], got {p!r}")
-    B, M = present.shape
-    device = generator.device if generator is not None else present.device
-    draws = torch.rand((2, B, M), generator=generator, device=device).to(present.device)
-    masked = (draws[0] < p) & present
-    all_hidden = present.any(1) & ~(present & ~masked).any(1)
-    pick = torch.where(present, draws[1], -1.0).argmax(1)
-    reveal = F.one_hot(pick, M).bool() & all_hidden.unsqueeze(1)
-    return masked & ~reveal
-
-
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return type(x).__name__
-
-
-# --------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -289,7 +172,6 @@ class DynamicFusion(nn.Module):
 
     def __init__(self, config: FusionConfig):
         super().__init__()
-        config.validate()
         self.config = config
         d = config.latent_dim
         self.normalizers = nn.ModuleList(_Standardize(dm, config.std_floor) for dm in config.dims)
@@ -347,7 +229,8 @@ class DynamicFusion(nn.Module):
                 ok = False
             if ok:
                 staged.append((m, mean, np.maximum(std, cfg.std_floor)))
-        _raise_problems("normalisation statistics", problems)
+        if problems:
+            raise ConfigError("normalisation statistics", problems)
         with torch.no_grad():
             for m, mean, std in staged:
                 norm = self.normalizers[m]
@@ -382,7 +265,7 @@ class DynamicFusion(nn.Module):
             )
         if not isinstance(present, Tensor) or present.dtype != torch.bool or present.dim() != 2 \
                 or present.shape[1] != M:
-            raise ValueError(f"present must be a bool tensor [B, {M}], got {_describe(present)}")
+            raise ValueError(f"present must be a bool tensor [B, {M}], got {describe(present)}")
         B = present.shape[0]
         for m, (name, dm, x) in enumerate(zip(cfg.modalities, cfg.dims, inputs)):
             if x is None and bool(present[:, m].any()):
@@ -390,7 +273,7 @@ class DynamicFusion(nn.Module):
                                  f"present for some samples")
             if x is not None and (not isinstance(x, Tensor) or tuple(x.shape) != (B, dm)):
                 raise ValueError(f"input for modality {name!r} must be a tensor [{B}, {dm}], "
-                                 f"got {_describe(x)}")
+                                 f"got {describe(x)}")
         return inputs
 
     def forward(
@@ -410,7 +293,7 @@ class DynamicFusion(nn.Module):
         if masked is not None and (not isinstance(masked, Tensor) or masked.dtype != torch.bool
                                    or masked.shape != present.shape):
             raise ValueError(f"masked must be a bool tensor shaped like present "
-                             f"{tuple(present.shape)}, got {_describe(masked)}")
+                             f"{tuple(present.shape)}, got {describe(masked)}")
         ref = self.modality_bias
         present = present.to(ref.device)
         visible = present if masked is None else present & ~masked.to(ref.device)
@@ -470,128 +353,3 @@ class DynamicFusion(nn.Module):
         finally:
             self.train(was_training)
 
-
-# --------------------------------------------------------------------------------------------
-# Losses (paper Eq. 1-6)
-# --------------------------------------------------------------------------------------------
-
-
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    # where, not multiply, so a stray non-finite value outside the mask cannot leak in; no
-    # .item()/branching, so there is no host sync and an empty mask simply gives 0.
-    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)
-
-
-def _cosine(a: Tensor, b: Tensor) -> Tensor:
-    # Hand-rolled so a zero vector (an invisible row) gives cos 0 with a finite gradient.
-    return (a * b).sum(-1) * torch.rsqrt(
-        (a * a).sum(-1).clamp_min(_TINY) * (b * b).sum(-1).clamp_min(_TINY)
-    )
-
-
-def _centred_gram(G: Tensor, weight: Tensor) -> Tensor:
-    # Centre over the selected samples only; unselected rows are zeroed so they drop out of K.
-    n = weight.sum().clamp_min(1)
-    mean = (G * weight[:, None]).sum(0, keepdim=True) / n
-    Gc = (G - mean) * weight[:, None]
-    return Gc @ Gc.T
-
-
-def gate_similarity(g_i: Tensor, g_j: Tensor, weight: Tensor) -> Tensor:
-    """Squared linear CKA between two gate matrices [B, d_i], [B, d_j] over samples with weight 1.
-
-    cos(vec K_i, vec K_j)^2 with K = Gc Gc^T the centred Gram matrix across samples: 1 when the
-    two modalities gate the batch in the same pattern, 0 when unrelated, for any d_i, d_j.
-    Constant (zero-variance) gates give 0, never NaN.
-    """
-    K_i, K_j = _centred_gram(g_i, weight), _centred_gram(g_j, weight)
-    num = (K_i * K_j).sum()
-    den = (K_i * K_i).sum() * (K_j * K_j).sum()
-    # Squared form avoids a sqrt (infinite gradient at 0); Cauchy-Schwarz keeps it in [0, 1].
-    return num.square() / den.clamp_min(_TINY)
-
-
-def fusion_losses(
-    config: FusionConfig,
-    out: FusionOutput,
-    present: Tensor | None = None,
-    masked: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """Eq. 1: total = rec + la*align + ld*div + le*ent + ls*sparse, and each term (float32).
-
-    The masks come from `out` (forward saw them). `present`/`masked` may be passed as well; they
-    are then checked against `out`, which catches a forward that was given `present & ~masked` as
-    its `present` (reconstruction targets would silently be zero).
-
-    rec      mean over masked (sample, modality) pairs of the per-element squared error of D_m(f)
-             against the normalised x_m (divided by d_m so modalities of any dim weigh equally);
-             0 when nothing is masked.
-    align    mean over visible pairs of softplus(-cos(f, z_m)).
-    div      mean over modality pairs of squared linear CKA between their gate patterns, over the
-             samples where both are visible (pairs with < 2 such samples are skipped).
-    ent      1 - H(alpha) / log(n_visible), mean over samples with >= 2 visible modalities:
-             0 for uniform attention, 1 for collapsed. The paper prints the entropy itself but
-             states the intent "prevents attention collapse", which needs low entropy penalised.
-    sparse   mean over visible pairs of ||g_m||_1 / d_m.
-    """
-    if present is not None and not torch.equal(present.to(out.present.device), out.present):
-        raise ValueError("present differs from the mask forward() was given: call "
-                         "model(inputs, present, masked), not model(inputs, visible)")
-    if masked is not None:
-        expected = out.present & ~masked.to(out.present.device)
-        if not torch.equal(expected, out.visible):
-            raise ValueError("masked differs from the mask forward() was given: call "
-                             "model(inputs, present, masked)")
-    present, visible = out.present, out.visible
-    hidden = present & ~visible
-
-    # Losses in float32 even under autocast: the CKA and entropy terms lose precision in bf16.
-    err = torch.stack(
-        [(r.float() - x.float()).square().mean(-1)
-         for r, x in zip(out.reconstructions, out.normalized_inputs)],
-        1,
-    )
-    rec = _masked_mean(err, hidden)
-
-    fused = out.fused.float()
-    cos = _cosine(fused.unsqueeze(1), out.latents.float())
-    align = _masked_mean(F.softplus(-cos), visible)
-
-    M = config.num_modalities
-    gates = [g.float() for g in out.gates]
-    div_sum = fused.new_zeros(())
-    div_pairs = fused.new_zeros(())
-    for i in range(M):
-        for j in range(i + 1, M):
-            both = visible[:, i] & visible[:, j]
-            enough = both.sum() >= 2
-            sim = gate_similarity(gates[i], gates[j], both.float())
-            div_sum = div_sum + torch.where(enough, sim, 0.0)
-            div_pairs = div_pairs + enough.float()
-    div = div_sum / div_pairs.clamp_min(1)
-
-    alpha = out.attention.float()
-    n_visible = visible.sum(1)
-    # clamp inside the log: a visible weight can underflow to 0 in float32, and 0 * log 0 = NaN.
-    plogp = torch.where(visible, alpha * alpha.clamp_min(_TINY).log(), 0.0)
-    norm_entropy = -plogp.sum(1) / n_visible.clamp_min(2).float().log()
-    ent = _masked_mean(1.0 - norm_entropy, n_visible >= 2)
-
-    gate_l1 = torch.stack([g.mean(-1) for g in gates], 1)  # gates are > 0, so mean == L1 / d_m
-    sparse = _masked_mean(gate_l1, visible)
-
-    total = (
-        rec
-        + config.align_weight * align
-        + config.diversity_weight * div
-        + config.entropy_weight * ent
-        + config.sparsity_weight * sparse
-    )
-    return {
-        "total": total,
-        "reconstruction": rec,
-        "alignment": align,
-        "diversity": div,
-        "entropy": ent,
-        "sparsity": sparse,
-    }

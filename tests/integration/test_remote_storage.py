@@ -21,12 +21,12 @@ from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.inference import FusionEmbedder
 from dmf_ray.files import local_model_dir
 from dmf_ray.store import EmbeddingStore
-from dmf_ray.pipelines.train.driver import TRAIN_DIR, TrainConfig, train
+from dmf_ray.pipelines.train import TRAIN_DIR, TrainConfig, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAMES = ["ecfp", "maccs"]
-TINY = dict(latent_dim=16, gate_hidden=16, attention_hidden=8, decoder_hidden=32, dropout=0.0,
+TINY = dict(model=dict(latent_dim=16, gate_hidden=16, attention_hidden=8, decoder_hidden=32, dropout=0.0),
             batch_size=64, val_fraction=0.1, lr=3e-3)
 
 
@@ -109,7 +109,7 @@ def test_store_model_and_embeddings_live_on_s3(s3, library, tmp_path, monkeypatc
     # Serve straight from the URI: each replica fetches the model on its own node.
     from ray import serve
 
-    from dmf_ray.pipelines.serve.app import build_app
+    from dmf_ray.pipelines.serve import build_app
 
     serve.shutdown()
     with socket.socket() as probe:

@@ -1,4 +1,4 @@
-"""dmf_ray.pipelines.train.driver on the shared local Ray, with a small real, partially paired store.
+"""dmf_ray.pipelines.train on the shared local Ray, with a small real, partially paired store.
 
 A 2-worker CPU fit costs ~20-40 s of fixed Ray Train overhead here, so the file runs three fits
 (one in-process, two with 2 DDP workers) and shares one store between all tests.
@@ -16,16 +16,17 @@ import pytest
 from dmf_ray.artifact import read_model_config
 from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.inference import FusionEmbedder, fuse_arrays
-from dmf_ray.model.fusion import DynamicFusion, FusionConfig
+from dmf_ray.model import DynamicFusion, FusionConfig
 from dmf_ray.store import EmbeddingStore
-from dmf_ray.pipelines.train.driver import METRICS_FILE, TRAIN_DIR, TrainConfig, TrainingError, read_metrics_file, train
+from dmf_ray.pipelines.train import (FAIL_AT_EPOCH_ENV, METRICS_FILE, TRAIN_DIR, TrainConfig, TrainingError,
+                                     read_metrics_file, train)
 from dmf_ray.pipelines.train.data import validation_mask
-from dmf_ray.pipelines.train.worker import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS
+from dmf_ray.pipelines.train.checkpoints import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS
 
 pytestmark = pytest.mark.integration
 
 NAMES = ["ecfp", "maccs", "rdkit2d"]
-TINY = dict(latent_dim=16, gate_hidden=16, attention_hidden=8, decoder_hidden=32, dropout=0.0,
+TINY = dict(model=dict(latent_dim=16, gate_hidden=16, attention_hidden=8, decoder_hidden=32, dropout=0.0),
             batch_size=64, val_fraction=0.1, lr=3e-3)
 
 
@@ -88,7 +89,8 @@ def test_in_process_fit_with_the_ray_data_join_lowers_the_loss(store, tmp_path):
     out = tmp_path / "model"
     # A constant masking rate, so training losses of different epochs are comparable (with a
     # rising rate the task gets harder every epoch and the training loss may rise: flaky).
-    config = _config(store, out, workers=0, epochs=4, data_loading="distributed", mask_p_start=0.3, mask_p_end=0.3)
+    config = _config(store, out, workers=0, epochs=4, data_loading="distributed",
+                     masking=dict(p_start=0.3, p_end=0.3))
     result = train(config, log=lambda m: None)
     paired = EmbeddingStore.open(store).read_numpy(NAMES)
     expected_valid = int(validation_mask(paired.mol_ids, TINY["val_fraction"]).sum())
@@ -158,28 +160,34 @@ def test_two_worker_ddp_fit_writes_a_loadable_model(store, tmp_path):
     # Rerunning the finished command does nothing; other settings are refused, not mixed in.
     again_result = train(_config(store, out, workers=1, epochs=3), log=logs.append)
     assert again_result.already_complete and again_result.epochs_run == 0
+    assert again_result.summary() == "epochs 3/3 (already trained, nothing to do)"
     assert any("already holds this model" in m for m in logs)
     with pytest.raises(ValueError, match="epochs: 3 -> 4"):
         train(_config(store, out, workers=2, epochs=4), log=logs.append)
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_and_a_killed_worker_restarts_from_its_checkpoint(store, tmp_path):
+def test_interrupted_run_resumes_and_a_killed_worker_restarts_from_its_checkpoint(store, tmp_path, monkeypatch):
     out = tmp_path / "model"
     # 1) rank 1 dies before epoch 2 and no restart is allowed: the call fails after epoch 1.
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")  # the test-only fault injection, never in TrainConfig
     with pytest.raises(TrainingError, match="rerun the same command to resume"):
-        train(_config(store, out, workers=2, epochs=3, max_failures=0, _fail_at_epoch=2), log=lambda m: None)
+        train(_config(store, out, workers=2, epochs=3, max_failures=0), log=lambda m: None)
     assert (out / TRAIN_DIR / "fail-injected-epoch-2").exists()
     assert not (out / "config.json").exists()
     assert [h["epoch"] for h in read_metrics_file(out / METRICS_FILE)] == [1]
 
     # 2) the same command again resumes after epoch 1; this time rank 1 dies before epoch 3 and
     # Ray restarts the group, which resumes from the epoch-2 checkpoint instead of epoch 0.
-    result = train(_config(store, out, workers=2, epochs=3, max_failures=1, _fail_at_epoch=3), log=lambda m: None)
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "3")
+    logs: list[str] = []
+    result = train(_config(store, out, workers=2, epochs=3, max_failures=1), log=logs.append)
     assert (out / TRAIN_DIR / "fail-injected-epoch-3").exists()
     assert result.resumed_from_epoch == 1
     assert result.worker_restarts == [2]
     assert result.epochs_run == 2
+    summary = "epochs 3/3 (2 in this run, resumed from epoch 1, worker restarts at epochs [2])"
+    assert result.summary() == summary and summary in logs[-1]
     history = read_metrics_file(out / METRICS_FILE)
     assert [h["epoch"] for h in history] == [1, 2, 3]  # each epoch once, none redone from 0
     assert [h["step"] for h in history] == sorted({h["step"] for h in history})

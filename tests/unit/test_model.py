@@ -1,4 +1,4 @@
-"""Unit tests for dmf_ray.model.fusion: tiny dims, CPU, no Ray."""
+"""Unit tests for dmf_ray.model (fusion, losses, masking): tiny dims, CPU, no Ray."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmf_ray.model.fusion import (
+from dmf_ray.model import (
     DynamicFusion,
     FusionConfig,
     FusionOutput,

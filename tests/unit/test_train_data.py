@@ -1,11 +1,12 @@
-"""dmf_ray.pipelines.train.data without Ray: the validation split and the normalisation statistics."""
+"""dmf_ray.pipelines.train.data without Ray: the validation split (the statistics are tested in
+test_model_normalization.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from dmf_ray.molecules import parse_smiles
-from dmf_ray.pipelines.train.data import Moments, batch_moments, scale_of, split_unit, validation_mask
+from dmf_ray.pipelines.train.data import split_unit, validation_mask
 
 
 def _ids(n: int) -> list[str]:
@@ -43,37 +44,3 @@ def test_split_uses_real_molecule_ids():
     ids = [parse_smiles(s).mol_id for s in ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "OCCO"]]
     assert validation_mask(ids, 0.5).dtype == bool
     assert validation_mask(ids, 1e-12).sum() == 0
-
-
-def test_moments_merge_equals_numpy_on_the_whole():
-    rng = np.random.default_rng(1)
-    x = rng.normal(300.0, 25.0, size=(1000, 4))  # a large mean: the naive sum-of-squares loses digits
-    parts = [x[:1], x[1:400], x[400:401], x[401:]]
-    merged = Moments.empty(4)
-    for part in reversed(parts):
-        merged = merged.merge(Moments.of(part))
-    assert merged.count == 1000
-    np.testing.assert_allclose(merged.mean, x.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(merged.std, x.std(0), rtol=1e-10)
-    assert Moments.of(np.zeros((0, 4))).count == 0
-    assert merged.merge(Moments.empty(4)) is merged
-
-
-def test_batch_moments_use_present_rows_only():
-    values = {
-        "a": np.array([[1.0, 10.0], [3.0, 10.0], [999.0, -5.0]], dtype=np.float32),
-        "b": np.array([[0], [4], [0]], dtype=np.uint8),
-    }
-    present = np.array([[True, False], [True, True], [False, False]])
-    m = batch_moments(values, present, ["a", "b"])
-    assert m["a"].count == 2 and m["b"].count == 1
-    np.testing.assert_allclose(m["a"].mean, [2.0, 10.0])
-    np.testing.assert_allclose(m["a"].std, [1.0, 0.0])
-    np.testing.assert_allclose(m["b"].mean, [4.0])
-
-
-def test_a_constant_feature_is_scaled_by_one():
-    m = Moments.of(np.array([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0]]))
-    np.testing.assert_allclose(scale_of(m), [1.0, 1.0, 1.0])
-    m = Moments.of(np.array([[0.0, 2.0], [4.0, 2.0]]))
-    np.testing.assert_allclose(scale_of(m), [2.0, 1.0])

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from dmf_ray.model.fusion import DynamicFusion, FusionConfig
-from dmf_ray.pipelines.train.driver import TrainConfig, add_train_arguments, config_from_args, read_metrics_file
+from dmf_ray.model import DynamicFusion, FusionConfig, FusionSettings, MaskSchedule
+from dmf_ray.pipelines.train import TrainConfig, add_train_arguments, config_from_args, read_metrics_file
+from dmf_ray.pipelines.train.checkpoints import format_metrics, write_metrics_file
 from dmf_ray.pipelines.train.step import train_step, validation_sums
-from dmf_ray.pipelines.train.worker import format_metrics, write_metrics_file
+from dmf_ray.pipelines.train.worker import cached_batches
 
 DIMS = [6, 8, 5]
 NAMES = ["a", "b", "c"]
@@ -71,21 +72,43 @@ def test_validation_sums_count_the_right_rows():
 
 def test_config_gathers_every_problem():
     with pytest.raises(ValueError) as info:
-        TrainConfig(store="", out="o", epochs=0, val_fraction=1.5, mask_kind="zigzag", workers=-1, lr=0)
+        TrainConfig(store="", out="o", epochs=0, val_fraction=1.5, masking={"kind": "zigzag"}, workers=-1, lr=0,
+                    model={"latent_dim": 0})
     message = str(info.value)
-    for fragment in ("store must be", "epochs must be", "val_fraction must be", "mask_kind must be",
-                     "workers must be", "lr must be"):
-        assert fragment in message
+    assert message.startswith("invalid TrainConfig:")
+    for fragment in ("store: must be a non-empty path", "epochs: ", "val_fraction: ", "masking.kind: ",
+                     "workers: ", "lr: ", "model.latent_dim: "):
+        assert fragment in message, fragment
     with pytest.raises(ValueError, match="global batch"):
         TrainConfig(store="s", out="o", workers=4, batch_size=2)
     with pytest.raises(ValueError, match="listed twice"):
         TrainConfig(store="s", out="o", modalities=["a", "a"])
-    config = TrainConfig(store="s", out="o", modalities=("b", "a"), _fail_at_epoch=2)
-    assert config.modalities == ["b", "a"]
-    assert "_fail_at_epoch" not in config.public_dict()
-    json.dumps(config.public_dict())  # recorded in the model card: strict JSON
-    fusion = config.fusion_config(["x", "y"], [3, 4])
-    assert fusion.latent_dim == config.latent_dim and fusion.align_weight == config.align_weight
+    with pytest.raises(ValueError, match="_fail_at_epoch: extra inputs are not permitted"):
+        TrainConfig(store="s", out="o", _fail_at_epoch=2)  # test hooks are not settings
+    config = TrainConfig(store="s", out="o", modalities=("b", "a"), model={"latent_dim": 32})
+    assert config.modalities == ["b", "a"] and config.workers is None  # None: from the cluster
+    assert config == TrainConfig(store="s", out="o", modalities=["b", "a"], model=FusionSettings(latent_dim=32))
+    json.dumps(config.flat_settings())  # recorded in the model card: strict JSON
+    fusion = FusionConfig.build(["x", "y"], [3, 4], config.model)
+    assert fusion.latent_dim == 32 and fusion.align_weight == config.model.align_weight
+
+
+def test_flat_settings_keep_the_names_models_were_recorded_with():
+    """The card and the run record of models trained before the configs nested used flat names;
+    a model trained then must still be recognised as the same model (no retraining)."""
+    config = TrainConfig(store="s", out="o", masking=MaskSchedule(p_start=0.2, kind="cosine"))
+    flat = config.flat_settings()
+    legacy = {"store", "out", "modalities", "epochs", "workers", "use_gpu", "latent_dim", "batch_size", "lr",
+              "weight_decay", "grad_clip", "mask_p_start", "mask_p_end", "mask_kind", "val_fraction", "seed",
+              "gate_hidden", "attention_hidden", "decoder_hidden", "dropout", "align_weight", "diversity_weight",
+              "entropy_weight", "sparsity_weight", "cpus_per_worker", "torch_threads", "max_failures",
+              "shuffle_buffer", "worker_cache_mb", "data_loading", "storage_path", "fresh"}
+    assert set(flat) == legacy  # settings added later appear only when changed from their default
+    assert (flat["mask_p_start"], flat["mask_kind"]) == (0.2, "cosine")
+    assert "std_floor" in TrainConfig(store="s", out="o", model={"std_floor": 1e-3}).flat_settings()
+    assert set(config.model_settings()) == legacy - {"out", "workers", "use_gpu", "cpus_per_worker", "torch_threads",
+                                                     "max_failures", "worker_cache_mb", "data_loading",
+                                                     "storage_path", "fresh"}
 
 
 def test_command_line_arguments_build_the_config():
@@ -96,12 +119,21 @@ def test_command_line_arguments_build_the_config():
                               "--mask-kind", "cosine", "--overwrite", "--cpus-per-worker", "0.5"])
     config = config_from_args(args)
     assert config.modalities == ["ecfp", "maccs"]
-    assert (config.epochs, config.workers, config.use_gpu, config.latent_dim, config.batch_size) == (3, 1, True, 64, 32)
-    assert config.mask_kind == "cosine" and config.fresh and config.cpus_per_worker == 0.5
+    assert (config.epochs, config.workers, config.use_gpu, config.model.latent_dim, config.batch_size) == (3, 1, True, 64, 32)
+    assert config.masking.kind == "cosine" and config.fresh and config.cpus_per_worker == 0.5
     defaults = config_from_args(parser.parse_args(["--store", "st", "--out", "m"]))
     assert defaults == TrainConfig(store="st", out="m")
     with pytest.raises(SystemExit):
         parser.parse_args(["--store", "st", "--out", "m", "--mask-kind", "zigzag"])
+    # Every setting, nested ones included, is a flag whose help is the field's description.
+    nested = config_from_args(parser.parse_args(["--store", "st", "--out", "m", "--mask-steps", "3",
+                                                 "--std-floor", "1e-4", "--entropy-weight", "0"]))
+    assert (nested.masking.steps, nested.model.std_floor, nested.model.entropy_weight) == (3, 1e-4, 0.0)
+    help_text = parser.format_help()
+    for info in [*TrainConfig.model_fields.values(), *FusionSettings.model_fields.values(),
+                 *MaskSchedule.model_fields.values()]:
+        if info.annotation not in (FusionSettings, MaskSchedule):
+            assert info.description.split()[0] in help_text
 
 
 def test_metrics_file_round_trip_and_progress_line(tmp_path):
@@ -118,12 +150,10 @@ def test_metrics_file_round_trip_and_progress_line(tmp_path):
 
 
 def test_a_cached_shard_yields_every_row_once_per_epoch_in_a_new_order():
-    from dmf_ray.pipelines.train.worker import _cached_batches
-
     cached = {"a": torch.arange(10.0)[:, None], "present": torch.ones(10, 1, dtype=torch.bool)}
     generator = torch.Generator().manual_seed(0)
-    first = [b["a"][:, 0].tolist() for b in _cached_batches(cached, 4, generator)]
-    second = [b["a"][:, 0].tolist() for b in _cached_batches(cached, 4, generator)]
+    first = [b["a"][:, 0].tolist() for b in cached_batches(cached, 4, generator)]
+    second = [b["a"][:, 0].tolist() for b in cached_batches(cached, 4, generator)]
     assert [len(b) for b in first] == [4, 4, 2]
     assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(10))
     assert first != second

@@ -204,9 +204,11 @@ def _run(store: EmbeddingStore, store_uri: str, files: list[InputFile], chosen: 
     incomplete = [k for k, v in written.items() if k[0] not in store.committed_keys(modality_table(k[1]))]
     if incomplete:
         raise RuntimeError(f"{len(incomplete)} shard-modalities were written only in part, e.g. {incomplete[0]}; rerun to finish them")
-    encoded = {n: sum(record["rows"] for shard, record in store.committed(modality_table(n)).items()
-                      if shard not in modality_done[n]) for n in names}
     duplicates = {n: store.deduplicate(n) for n in names}
+    # What this run added to each table: its committed rows less the copies of molecules that
+    # several of its shards held (removed just above).
+    encoded = {n: sum(record["rows"] for shard, record in store.committed(modality_table(n)).items()
+                      if shard not in modality_done[n]) - duplicates[n] for n in names}
     inputs_now = store.committed(INPUTS_TABLE)
     new_shards = [k for k in inputs_now if k not in inputs_done]
     return FeaturizeResult(

@@ -247,18 +247,6 @@ def _parse_pool_size(files: list[InputFile], shard_rows: int, cpus: float) -> in
     return max(1, min(int(cpus), shards))
 
 
-def _pool_size(encoder: Encoder, cpus: float, gpus: float) -> tuple[int, int]:
-    if encoder.num_gpus > 0 and gpus > 0:
-        return 1, max(1, int(gpus // encoder.num_gpus))
-    if encoder.num_gpus > 0:
-        # A GPU model on a CPU-only cluster: each actor holds a full model copy, and one
-        # model already uses several cores through torch's threads.
-        return 1, max(1, int(cpus // 4))
-    return 1, max(1, int(cpus))
-
-
-
-
 def build_pipeline(
     files: list[InputFile], store: EmbeddingStore, store_uri: str, specs: dict[str, dict],
     inline: list[str], pooled: dict[str, Encoder], *, skip: set[str], known: dict[str, np.ndarray],
@@ -291,14 +279,15 @@ def build_pipeline(
                                "inputs_done": inputs_done, "modality_done": modality_done},
     )
     for name, encoder in pooled.items():
-        low, high = _pool_size(encoder, cpus, gpus)
+        plan = encoder.actor_plan(cpus, gpus, cpus_per_actor)  # pool size and per-actor resources
         ds = ds.map_batches(
             EncodeStage,
             batch_size=encoder.default_batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-            num_cpus=cpus_per_actor if encoder.num_gpus == 0 or gpus == 0 else 1,
-            num_gpus=encoder.num_gpus if gpus > 0 else 0,
+            compute=ray.data.ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+            **({"memory": plan.memory} if plan.memory else {}),
             fn_constructor_kwargs={"name": name, "spec": specs[name]},
         )
     if pooled:

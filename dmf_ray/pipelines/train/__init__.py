@@ -1,3 +1,19 @@
-"""Fusion training with Ray Train: ``driver`` (``train()``, the run directory, resume, publishing),
-``config`` (settings), ``data`` (store -> training arrays, validation split), ``step`` (one
-optimisation step, validation sums) and ``worker`` (the per-worker loop, checkpoints)."""
+"""Fusion training with Ray Train. The public API:
+
+    from dmf_ray.pipelines.train import TrainConfig, check_training, train
+
+Modules: ``config`` (TrainConfig, TrainResult, TrainingError), ``args`` (command-line flags
+generated from TrainConfig), ``driver`` (check_training, train), ``outdir`` (what ``out`` holds,
+resume, remote staging), ``data`` (store -> Ray Datasets, validation split), ``step`` (one
+optimisation step, validation sums), ``worker`` (the per-worker loop) and ``checkpoints``
+(checkpoint and metrics files)."""
+
+from dmf_ray.files import METRICS_FILE
+from dmf_ray.pipelines.train.args import add_train_arguments, config_from_args
+from dmf_ray.pipelines.train.checkpoints import read_metrics_file
+from dmf_ray.pipelines.train.config import TRAIN_DIR, TrainConfig, TrainingError, TrainResult
+from dmf_ray.pipelines.train.driver import FAIL_AT_EPOCH_ENV, TrainingCheck, check_training, resolve_workers, train
+
+__all__ = ["FAIL_AT_EPOCH_ENV", "METRICS_FILE", "TRAIN_DIR", "TrainConfig", "TrainResult", "TrainingCheck",
+           "TrainingError", "add_train_arguments", "check_training", "config_from_args", "read_metrics_file",
+           "resolve_workers", "train"]

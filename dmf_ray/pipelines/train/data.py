@@ -1,15 +1,17 @@
-"""Training data: the validation split by mol_id, normalisation statistics, and reading a store's
+"""Training data: the validation split by mol_id, the training split's normalisation moments (merged
+with dmf_ray.model.normalization), and reading a store's
 modalities into Ray Datasets for the workers."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from dmf_ray.model.normalization import Moments, array_moments, batch_moments
 from dmf_ray.store import IN_MEMORY_JOIN_MAX_BYTES
 from dmf_ray.pipelines.train.config import TrainConfig
 
@@ -17,7 +19,7 @@ _SPLIT_PERSON = b"dmf-valsplit"  # blake2b personalisation: the split is indepen
 
 
 # --------------------------------------------------------------------------------------------
-# Validation split, normalisation statistics
+# Validation split
 # --------------------------------------------------------------------------------------------
 
 
@@ -32,61 +34,6 @@ def validation_mask(mol_ids: Iterable[str], val_fraction: float) -> np.ndarray:
     """Bool [N]: the molecule belongs to the validation split."""
     ids = list(mol_ids)
     return np.fromiter((split_unit(i) < val_fraction for i in ids), dtype=bool, count=len(ids))
-
-
-@dataclass
-class Moments:
-    """Count, mean and sum of squared deviations per feature (float64), mergeable (Chan et al.)
-    so statistics can be computed block by block in any order with bounded memory."""
-
-    count: int
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def empty(cls, dim: int) -> Moments:
-        return cls(0, np.zeros(dim), np.zeros(dim))
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> Moments:
-        x = np.asarray(x, dtype=np.float64)
-        if len(x) == 0:
-            return cls.empty(x.shape[1])
-        mean = x.mean(0)
-        return cls(len(x), mean, ((x - mean) ** 2).sum(0))
-
-    def merge(self, other: Moments) -> Moments:
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        n = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
-        return Moments(n, mean, m2)
-
-    @property
-    def std(self) -> np.ndarray:
-        # Population std; a constant feature gets 0 and the model floors it at std_floor.
-        return np.sqrt(self.m2 / max(self.count, 1))
-
-
-def scale_of(moments: Moments, eps: float = 1e-6) -> np.ndarray:
-    """The std to normalise by: a feature constant over the training split gets 1, not ~0.
-
-    A fingerprint bit never set in training has std 0; floored at FusionConfig.std_floor it would
-    turn a molecule that does set it into a 1e6 input (and a 1e12 reconstruction error). With 1
-    it stays (x - mean), the StandardScaler convention."""
-    std = moments.std.copy()
-    std[std < eps] = 1.0
-    return std
-
-
-def batch_moments(values: Mapping[str, np.ndarray], present: np.ndarray, modalities: Sequence[str]) -> dict[str, Moments]:
-    """Moments of each modality over the rows where it is present."""
-    present = np.asarray(present, dtype=bool)
-    return {m: Moments.of(np.asarray(values[m])[present[:, j]]) for j, m in enumerate(modalities)}
 
 
 def _block_moments(batch: dict[str, np.ndarray], modalities: list[str]) -> dict[str, np.ndarray]:
@@ -156,11 +103,7 @@ def load_training_data(store, names: list[str], config: TrainConfig) -> Training
         arrays = store.read_numpy(names)
         is_valid = validation_mask(arrays.mol_ids, config.val_fraction)
         train_rows, valid_rows = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
-        moments = {m: Moments.empty(d) for m, d in zip(names, dims)}
-        for start in range(0, len(train_rows), 8192):  # float64 copies of 8k rows at a time
-            rows = train_rows[start: start + 8192]
-            part = batch_moments({m: arrays.values[m][rows] for m in names}, arrays.present[rows], names)
-            moments = {m: moments[m].merge(part[m]) for m in names}
+        moments = array_moments(arrays.values, arrays.present, names, train_rows)
         datasets = []
         for rows in (train_rows, valid_rows):
             tables = _blocks_from_arrays(arrays.values, arrays.present, names, rows)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dmf_ray.model.fusion import DynamicFusion, fusion_losses, sample_training_mask
+from dmf_ray.model import DynamicFusion, fusion_losses, reconstruction_cosine, sample_training_mask
 
 LOSS_TERMS = ("total", "reconstruction", "alignment", "diversity", "entropy", "sparsity")
 
@@ -58,10 +58,6 @@ def train_step(
     return {k: v.detach() for k, v in losses.items()}, masked
 
 
-def _cosine_rows(a: Tensor, b: Tensor) -> Tensor:
-    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-8)
-
-
 @torch.no_grad()
 def validation_sums(model: DynamicFusion, inputs: Sequence[Tensor], present: Tensor) -> dict[str, Tensor]:
     """Sums (so batches and ranks add up) for the validation metrics of one batch:
@@ -69,7 +65,8 @@ def validation_sums(model: DynamicFusion, inputs: Sequence[Tensor], present: Ten
     attention      [M] sum of attention with every present modality visible, rows with input
     cos, cos_n     [M] leave-one-out reconstruction: hide modality m where it is present and
                    something else is, reconstruct it from the rest, cosine against the true
-                   normalised vector; sum and count
+                   vector in the model's normalised space (dmf_ray.model.metrics, the one the
+                   server and dmf evaluate use); sum and count
     loss, loss_n   Eq. 1 total of those leave-one-out passes, weighted by their rows
     """
     was_training = model.training
@@ -82,7 +79,7 @@ def validation_sums(model: DynamicFusion, inputs: Sequence[Tensor], present: Ten
             "attention": full.attention.float().sum(0),
             "rows": full.has_input.float().sum().reshape(1),
         }
-        cos = torch.zeros(M, device=present.device)
+        cos = torch.zeros(M, dtype=torch.float64, device=present.device)
         cos_n = torch.zeros(M, device=present.device)
         loss = torch.zeros(1, device=present.device)
         loss_n = torch.zeros(1, device=present.device)
@@ -95,7 +92,8 @@ def validation_sums(model: DynamicFusion, inputs: Sequence[Tensor], present: Ten
             hide = torch.zeros_like(sub_present)
             hide[:, m] = True
             out = model([x[rows] for x in inputs], sub_present, hide)
-            cos[m] = _cosine_rows(out.reconstructions[m], out.normalized_inputs[m]).sum()
+            cos[m] = reconstruction_cosine(model, m, out.reconstructions[m], out.normalized_inputs[m],
+                                           normalized=True).normalized.sum()
             cos_n[m] = rows.numel()
             loss += fusion_losses(model.config, out)["total"] * rows.numel()
             loss_n += rows.numel()

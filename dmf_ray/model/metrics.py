@@ -1,0 +1,100 @@
+"""The one reconstruction cosine: how well the decoder of modality m, fed the fused vector of the
+OTHER modalities, recovers m's true embedding (the paper's Figure 3). Pure torch.
+
+Used by the training validation (``val/cos/<m>`` in metrics.jsonl), by the server's
+``/v1/reconstruct`` and by ``dmf evaluate``'s Figure 3, so for the same model and the same
+molecules the three report the same number (tests/unit/test_model_metrics.py shows it).
+
+Two spaces:
+
+normalised  each feature standardised with the statistics stored in the model (the space the
+            reconstruction loss is minimised in): predicting the training mean scores 0. The
+            primary figure. Features whose std sits at the model's floor
+            (``FusionConfig.std_floor``: constant in the data the statistics came from, in
+            models not trained by ``dmf train``) are left out: dividing by the floor turns any
+            deviation into ~1e6 and one such feature would decide the cosine.
+raw         the encoders' own space; inflated by non-negative counts and large-scale
+            descriptors (even the training mean scores ~0.7-0.99), so a secondary figure.
+
+A row with no direction (all zero after the above) has nothing in common with anything: 0.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmf_ray.model.fusion import DynamicFusion
+
+# A std this close to the floor is the floor (set_normalization stores max(std, floor)).
+_AT_FLOOR = 1.0001
+
+
+class ReconstructionCosine(NamedTuple):
+    """Per-row cosines, float64 [N] each (on the inputs' device)."""
+
+    normalized: Tensor
+    raw: Tensor
+
+
+def row_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine between matching rows of a and b ([N, d] each), float64 [N]; 0 where a row of
+    either is all zero. Computed in float64 so float32 inputs of any scale give the same value."""
+    a, b = a.double(), b.double()
+    num = (a * b).sum(-1)
+    den = torch.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+
+
+def _tensor(x, device=None) -> Tensor:
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = np.array(x)  # arrays that crossed a Ray object store are read-only; torch warns on them
+    return torch.as_tensor(x, device=device)
+
+
+def reconstruction_cosine(model: DynamicFusion, modality: str | int, reconstruction, target, *,
+                          normalized: bool = False) -> ReconstructionCosine:
+    """Row cosines between reconstructions and true embeddings of one modality, in the model's
+    normalised space and in raw space (see the module doc for both).
+
+    model: the DynamicFusion whose statistics define the normalised space (its buffers).
+    modality: name or index in ``model.config.modalities``.
+    reconstruction, target: [N, d_m] tensors or arrays (any float dtype): in raw input space, as
+    ``inference.fuse_arrays(..., with_reconstructions=True)`` returns them, or with
+    ``normalized=True`` in normalised space, as ``FusionOutput.reconstructions`` and
+    ``FusionOutput.normalized_inputs`` hold them.
+    Raises ValueError for an unknown modality or shapes other than [N, d_m].
+    """
+    names = model.config.modalities
+    if isinstance(modality, str):
+        if modality not in names:
+            raise ValueError(f"unknown modality {modality!r} (known: {names})")
+        j = names.index(modality)
+    else:
+        j = int(modality)
+    device = reconstruction.device if isinstance(reconstruction, Tensor) else None
+    rec, tgt = _tensor(reconstruction, device), _tensor(target, device)
+    dim = model.config.dims[j]
+    for label, x in (("reconstruction", rec), ("target", tgt)):
+        if x.dim() != 2 or x.shape[1] != dim or x.shape[0] != rec.shape[0]:
+            raise ValueError(f"{label} of {names[j]!r} must be [N, {dim}] like the other, got {tuple(x.shape)}")
+    norm = model.normalizers[j]
+    mean = norm.mean.detach().to(rec.device, torch.float64)
+    std = norm.std.detach().to(rec.device, torch.float64).clamp_min(norm.floor)
+    if normalized:
+        rec_n, tgt_n = rec.double(), tgt.double()
+        rec_raw, tgt_raw = rec_n * std + mean, tgt_n * std + mean
+    else:
+        rec_raw, tgt_raw = rec.double(), tgt.double()
+        rec_n, tgt_n = (rec_raw - mean) / std, (tgt_raw - mean) / std
+    informative = std > norm.floor * _AT_FLOOR
+    return ReconstructionCosine(row_cosine(rec_n[:, informative], tgt_n[:, informative]),
+                                row_cosine(rec_raw, tgt_raw))
+
+
+def mean_cosine(cosines: Tensor) -> float:
+    """The mean of per-row cosines as a float; NaN for no rows (nothing was reconstructed)."""
+    return float(cosines.double().mean()) if cosines.numel() else float("nan")
