@@ -58,7 +58,7 @@ def test_a_changed_file_replaces_its_old_shards_and_orphan_vectors_go(tmp_path):
     assert store.supersede({"lib.smi": "new", "other.smi": "oth"}) == {"lib.smi": 1}
     _write_shard(store, "new-000000", ["a"], file="new")
     assert store.remove_uncommitted() == 1  # the old shard's molecules file
-    assert store.deduplicate("m") == 1  # b's vector: no current shard holds b
+    assert store.deduplicate("m") == 0  # no duplicates; b's vector goes too: no current shard holds b
     info = EmbeddingStore.open(uri).info()
     assert (info["inputs"], info["molecules"], info["modalities"]["m"]["count"]) == (2, 2, 1)
 
