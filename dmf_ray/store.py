@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from dmf_ray import __version__
 from dmf_ray.files import exists, join, list_files, pafs, read_json, resolve, write_json, write_parquet
-from dmf_ray.modalities import ModalityBatch, embedding_matrix
+from dmf_ray.modalities import ModalityBatch, columns_from_arrow, embedding_matrix
 from dmf_ray.molecules import ID_SCHEME
 from dmf_ray.store_commits import CommitLog, LeaseLostError, split_name
 
@@ -54,6 +54,7 @@ FORMAT = "dmf_ray.store"
 FORMAT_VERSION = 2  # 2: molecule ids from the stable canonical SMILES; run-scoped file names
 DEFAULT_SHARD_ROWS = 20_000
 INPUTS_TABLE = "inputs"
+
 
 class StoreError(ValueError):
     """A store that is missing, damaged, or written by an incompatible version."""
@@ -370,7 +371,7 @@ class EmbeddingStore:
         for part in parts[1:]:
             joined = joined.join(part, join_type="full_outer", num_partitions=partitions, on=("mol_id",))
         dims = {n: int(self.modalities[n]["dim"]) for n in names}
-        return joined.map_batches(_paired_batch, batch_format="pyarrow", fn_kwargs={"dims": dims})
+        return joined.map_batches(columns_from_arrow, batch_format="pyarrow", fn_kwargs={"dims": dims})
 
     # ---- summary -------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -439,10 +440,6 @@ class EmbeddingStore:
 def _drop_failed_rows(batch: pa.Table) -> pa.Table:
     # A row whose encoder failed has a null embedding: the modality is absent there.
     return batch.filter(pc.is_valid(batch.column("embedding")))
-
-
-def _paired_batch(batch: pa.Table, dims: dict[str, int]) -> dict[str, np.ndarray]:
-    return ModalityBatch.from_arrow(batch, dims).to_columns()
 
 
 def encoder_identity(spec: dict[str, Any]) -> dict[str, Any]:
