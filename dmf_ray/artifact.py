@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
 from dmf_ray.model.fusion import DynamicFusion, FusionConfig
-from dmf_ray.files import CONFIG_FILE, WEIGHTS_FILE, local_model_dir, sha256_file
+from dmf_ray.files import CONFIG_FILE, WEIGHTS_FILE, atomic_write, local_model_dir, sha256_file
 
 FORMAT = "dmf_ray.fusion"
 FORMAT_VERSION = 1
@@ -39,12 +39,6 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _temp_path(directory: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
 
 
 def save_fusion_model(
@@ -71,24 +65,14 @@ def save_fusion_model(
 
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp_weights = _temp_path(directory, WEIGHTS_FILE)
-    tmp_config = _temp_path(directory, CONFIG_FILE)
-    try:
-        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
-        save_file(tensors, str(tmp_weights), metadata=header)
-        with open(tmp_weights, "rb+") as f:
-            os.fsync(f.fileno())
-        doc = {**meta, "weights_sha256": sha256_file(tmp_weights), **card}
-        with open(tmp_config, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_weights, directory / WEIGHTS_FILE)
-        os.replace(tmp_config, directory / CONFIG_FILE)
-    finally:
-        for tmp in (tmp_weights, tmp_config):
-            tmp.unlink(missing_ok=True)
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+    # Weights first, config.json (which pins the weights' sha256) last: a reader that sees the
+    # config sees complete weights, and weights replaced mid-read fail the hash check.
+    local = pafs.LocalFileSystem()
+    atomic_write(local, str(directory / WEIGHTS_FILE), lambda p: save_file(tensors, p, metadata=header), durable=True)
+    doc = {**meta, "weights_sha256": sha256_file(directory / WEIGHTS_FILE), **card}
+    text = json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    atomic_write(local, str(directory / CONFIG_FILE), lambda p: Path(p).write_text(text, encoding="utf-8"), durable=True)
     _fsync_dir(directory)
     return directory
 

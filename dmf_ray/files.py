@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -74,24 +74,35 @@ def list_files(fs: pafs.FileSystem, directory: str, suffix: str = "") -> list[st
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
-def _atomic_write(fs: pafs.FileSystem, path: str, write) -> None:
-    # Local: write a hidden temp file then rename, so a reader (or a rerun after a crash)
-    # never sees half a file. Object stores make an object visible only once it is complete.
+def atomic_write(fs: pafs.FileSystem, path: str, write: Callable[[str], None], durable: bool = False) -> None:
+    """Call ``write(p)`` so that ``path`` appears whole or not at all (the one atomic write).
+
+    Local: ``write`` fills a hidden temp file beside ``path``, renamed over it, so a reader (or
+    a rerun after a crash) never sees half a file; a failed write leaves no temp file behind.
+    ``durable``: fsync the file before the rename (model weights). Object stores make an
+    object visible only once it is complete, so ``write`` gets ``path`` itself there."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = join(parent, f".tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}")
-        write(tmp)
-        os.replace(tmp, path)
-    else:
+    if not isinstance(fs, pafs.LocalFileSystem):
         write(path)
+        return
+    tmp = join(parent, f".tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}")
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, dictionary: bool | list[str] = True) -> None:
     """Atomic zstd Parquet file. ``dictionary``: the columns to dictionary-encode (all by
     default); leave out columns whose values rarely repeat (ids, SMILES, vectors), where
     dictionary encoding costs time for little size."""
-    _atomic_write(fs, path, lambda p: pq.write_table(table, p, filesystem=fs, compression=PARQUET_COMPRESSION,
+    atomic_write(fs, path, lambda p: pq.write_table(table, p, filesystem=fs, compression=PARQUET_COMPRESSION,
                                                      compression_level=PARQUET_COMPRESSION_LEVEL,
                                                      use_dictionary=dictionary))
 
@@ -103,7 +114,7 @@ def write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
         with fs.open_output_stream(p) as out:
             out.write(payload)
 
-    _atomic_write(fs, path, write)
+    atomic_write(fs, path, write)
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:

@@ -1,6 +1,6 @@
 """Fused embeddings from a trained model directory: SMILES in, one result per input out.
 
-Both batch embedding (embed.py) and the online service (serve.py) call this, so the two give
+Both batch embedding (``pipelines/embed``) and the online service (``pipelines/serve``) call this, so the two give
 the same vector for the same molecule and model by construction.
 
 The model card (config.json) names each modality's encoder spec, copied from the store it was
@@ -9,7 +9,7 @@ trained on; encoders are rebuilt from it, never guessed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from dmf_ray.artifact import load_fusion_model
-from dmf_ray.encoders import EncodedBatch, Encoder, encoder_from_spec
+from dmf_ray.encoders import Encoder, encoder_from_spec
+from dmf_ray.encoders.batch import EncodedInputs, encode_molecules, encode_smiles
+from dmf_ray.modalities import ModalityBatch
 from dmf_ray.model.fusion import DynamicFusion
-from dmf_ray.molecules import InvalidSmilesError, Molecule, parse_smiles
+from dmf_ray.molecules import Molecule
 
 
 @dataclass
@@ -74,75 +76,61 @@ def fuse_arrays(
     return FusedBatch(fused, attention, gates, recon)
 
 
-def parse_inputs(smiles: Sequence[str]) -> tuple[list[dict[str, Any]], list[Molecule], list[int]]:
-    """Parse every input: (one result slot per input, holding the error for each bad one; the
-    molecules; the input position of each molecule)."""
-    results: list[dict[str, Any]] = [{} for _ in smiles]
-    molecules, where = [], []
-    for i, text in enumerate(smiles):
-        try:
-            molecules.append(parse_smiles(text))
-            where.append(i)
-        except InvalidSmilesError as exc:
-            results[i] = {"input": text, "error": str(exc)}
-    return results, molecules, where
+def fuse(model: DynamicFusion, batch: ModalityBatch, with_gates: bool = False,
+         with_reconstructions: bool = False) -> FusedBatch:
+    """``fuse_arrays`` over a ``ModalityBatch``, its modalities put in the model's order (a
+    modality the batch lacks is absent for every row)."""
+    names = list(model.config.modalities)
+    if batch.names != names:
+        have = batch.select([m for m in names if m in batch.names])
+        values = {m: have.values.get(m, np.zeros((len(batch), d), np.float32)) for m, d in zip(names, model.config.dims)}
+        present = np.zeros((len(batch), len(names)), dtype=bool)
+        for j, m in enumerate(names):
+            if m in have.names:
+                present[:, j] = have.present[:, have.names.index(m)]
+        batch = ModalityBatch(batch.mol_ids, names, values, present, batch.errors, batch.smiles)
+    return fuse_arrays(model, batch.values, batch.present, with_gates, with_reconstructions)
 
 
-def merge_encoded(
-    modalities: Sequence[str], dims: Sequence[int], n: int, batches: Mapping[str, EncodedBatch]
-) -> tuple[dict[str, np.ndarray], np.ndarray, list[list[str]]]:
-    """Encoder outputs ({modality: EncodedBatch} for n molecules) as fuse_arrays wants them: raw
-    float32 arrays in model order, the presence mask and per-molecule encoder errors. A modality
-    missing from ``batches`` is absent for every molecule."""
-    values = {m: np.zeros((n, d), np.float32) for m, d in zip(modalities, dims)}
-    present = np.zeros((n, len(modalities)), dtype=bool)
-    errors: list[list[str]] = [[] for _ in range(n)]
-    for j, name in enumerate(modalities):
-        batch = batches.get(name)
-        if batch is None:
+def molecule_results(batch: ModalityBatch, fused: FusedBatch, smiles: Sequence[str],
+                     no_modality: str = "no modality could be computed") -> list[dict[str, Any]]:
+    """The one per-molecule result row, for row k of ``batch`` (model order) and ``fused``:
+    ``mol_id``, ``smiles``, ``embedding`` [d] float32, ``attention`` {modality: weight},
+    ``modalities`` (those used), ``error`` (None), plus ``gates`` / ``reconstructions`` when
+    ``fused`` carries them. A molecule with no modality present gets ``error`` instead:
+    ``no_modality``, followed by the encoders' reasons when there are any."""
+    names = batch.names
+    results = []
+    for k in range(len(batch)):
+        item: dict[str, Any] = {"mol_id": batch.mol_ids[k], "smiles": smiles[k]}
+        if not batch.present[k].any():
+            reasons = "; ".join(batch.errors[k]) if batch.errors else ""
+            item["error"] = f"{no_modality}: {reasons}" if reasons else no_modality
+            results.append(item)
             continue
-        values[name] = batch.values.astype(np.float32)
-        for i, err in enumerate(batch.errors):
-            if err is None:
-                present[i, j] = True
-            else:
-                errors[i].append(err)
-    return values, present, errors
-
-
-def fill_results(
-    results: list[dict[str, Any]],
-    inputs: Sequence[str],
-    where: Sequence[int],
-    molecules: Sequence[Molecule],
-    modalities: Sequence[str],
-    present: np.ndarray,
-    errors: Sequence[Sequence[str]],
-    fused: FusedBatch,
-) -> list[dict[str, Any]]:
-    """Fill the result slot of each parsed molecule (``where[k]`` is the input position of
-    ``molecules[k]``, row k of ``present``/``fused``); gates and reconstructions are added when
-    ``fused`` carries them. A molecule with no modality present gets an error naming why."""
-    for k, (i, molecule) in enumerate(zip(where, molecules)):
-        if not present[k].any():
-            reason = "; ".join(errors[k]) or "no modality available"
-            results[i] = {"input": inputs[i], "mol_id": molecule.mol_id, "smiles": molecule.smiles, "error": f"no modality could be computed: {reason}"}
-            continue
-        used = [m for j, m in enumerate(modalities) if present[k, j]]
-        item: dict[str, Any] = {
-            "input": inputs[i],
-            "mol_id": molecule.mol_id,
-            "smiles": molecule.smiles,
+        item |= {
             "embedding": fused.fused[k],
-            "attention": {m: float(fused.attention[k, j]) for j, m in enumerate(modalities)},
-            "modalities": used,
+            "attention": {m: float(fused.attention[k, j]) for j, m in enumerate(names)},
+            "modalities": [m for j, m in enumerate(names) if batch.present[k, j]],
             "error": None,
         }
         if fused.gates is not None:
-            item["gates"] = {m: fused.gates[j][k] for j, m in enumerate(modalities) if present[k, j]}
+            item["gates"] = {m: fused.gates[j][k] for j, m in enumerate(names) if batch.present[k, j]}
         if fused.reconstructions is not None:
-            item["reconstructions"] = {m: fused.reconstructions[j][k] for j, m in enumerate(modalities)}
-        results[i] = item
+            item["reconstructions"] = {m: fused.reconstructions[j][k] for j, m in enumerate(names)}
+        results.append(item)
+    return results
+
+
+def input_results(encoded: EncodedInputs, fused: FusedBatch) -> list[dict[str, Any]]:
+    """One result per input SMILES, in order: ``molecule_results`` plus ``input`` for the
+    molecules, ``{"input", "error"}`` for an input that did not parse."""
+    results: list[dict[str, Any]] = [{} for _ in encoded.inputs]
+    for i, exc in encoded.parse_errors.items():
+        results[i] = {"input": encoded.inputs[i], "error": str(exc)}
+    rows = molecule_results(encoded.batch, fused, [m.smiles for m in encoded.molecules])
+    for i, row in zip(encoded.rows, rows):
+        results[i] = {"input": encoded.inputs[i], **row}
     return results
 
 
@@ -159,10 +147,10 @@ class FusionEmbedder:
             raise ValueError(f"{model_dir}: config.json has no encoder spec for {', '.join(missing)}")
         self.encoders: dict[str, Encoder] = {m: encoder_from_spec(specs[m]) for m in self.modalities}
 
-    def encode(self, molecules: list[Molecule], modalities: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, list[list[str]]]:
-        """Raw modality arrays, the presence mask and per-molecule encoder errors."""
-        batches = {m: self.encoders[m].encode(molecules) for m in self.modalities if m in modalities and molecules}
-        return merge_encoded(self.modalities, self.model.config.dims, len(molecules), batches)
+    def encode(self, molecules: list[Molecule], modalities: list[str]) -> ModalityBatch:
+        """The molecules' raw vectors over the model's modalities (model order); those not in
+        ``modalities`` are withheld (absent for every molecule)."""
+        return encode_molecules(molecules, self.encoders, modalities)
 
     def embed_smiles(
         self,
@@ -175,7 +163,39 @@ class FusionEmbedder:
         """One result dict per input, in order. A bad input gets ``{"input", "error"}`` and
         never fails the others."""
         use = choose_modalities(self.modalities, modalities, drop)
-        results, molecules, where = parse_inputs(smiles)
-        values, present, errors = self.encode(molecules, use)
-        fused = fuse_arrays(self.model, values, present, with_gates, with_reconstructions)
-        return fill_results(results, smiles, where, molecules, self.modalities, present, errors, fused)
+        encoded = encode_smiles(smiles, self.encoders, use)
+        return input_results(encoded, fuse(self.model, encoded.batch, with_gates, with_reconstructions))
+
+
+# ---- Transitional: the serve app's call sites until it moves to ModalityBatch ----------------
+# (serve engineer: switch pipelines/serve to encode_smiles / ModalityBatch / fuse /
+# molecule_results, then delete these three.)
+
+
+def parse_inputs(smiles: Sequence[str]) -> tuple[list[dict[str, Any]], list[Molecule], list[int]]:
+    """(one result slot per input with the error of each bad one, the molecules, their input positions)."""
+    from dmf_ray.molecules import InvalidSmilesError, iter_parsed
+
+    results: list[dict[str, Any]] = [{} for _ in smiles]
+    molecules, where = [], []
+    for i, parsed in enumerate(iter_parsed(list(smiles))):
+        if isinstance(parsed, InvalidSmilesError):
+            results[i] = {"input": smiles[i], "error": str(parsed)}
+        else:
+            molecules.append(parsed)
+            where.append(i)
+    return results, molecules, where
+
+
+def merge_encoded(modalities: Sequence[str], dims: Sequence[int], n: int, batches: dict) -> tuple[dict[str, np.ndarray], np.ndarray, list[list[str]]]:
+    batch = ModalityBatch.from_encoded([None] * n, modalities, dims, batches)
+    return batch.float32(), batch.present, batch.errors
+
+
+def fill_results(results: list[dict[str, Any]], inputs: Sequence[str], where: Sequence[int], molecules: Sequence[Molecule],
+                 modalities: Sequence[str], present: np.ndarray, errors: list[list[str]], fused: FusedBatch) -> list[dict[str, Any]]:
+    batch = ModalityBatch([m.mol_id for m in molecules], modalities,
+                          {m: np.zeros((len(molecules), 0), np.float32) for m in modalities}, present, errors)
+    for i, row in zip(where, molecule_results(batch, fused, [m.smiles for m in molecules])):
+        results[i] = {"input": inputs[i], **row}
+    return results

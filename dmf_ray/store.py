@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 
 from dmf_ray import __version__
 from dmf_ray.files import exists, join, list_files, pafs, read_json, resolve, write_json, write_parquet
+from dmf_ray.modalities import ModalityBatch, embedding_matrix
 from dmf_ray.molecules import ID_SCHEME
 
 FORMAT = "dmf_ray.store"
@@ -74,38 +74,6 @@ def embedding_array(values: np.ndarray, valid: np.ndarray) -> pa.Array:
     flat = pa.array(np.ascontiguousarray(values).reshape(-1))
     mask = None if valid.all() else pa.array(~valid)
     return pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask)
-
-
-def embedding_matrix(column: pa.Array | pa.ChunkedArray, dim: int, dtype: str | None = None) -> np.ndarray:
-    """Non-null fixed_size_list values -> [n, dim] numpy (callers filter nulls first)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    out = flat.reshape(len(column), dim)
-    return out.astype(dtype) if dtype else out
-
-
-@dataclass
-class PairedArrays:
-    """Molecules joined over modalities: zero rows where a modality is absent."""
-
-    mol_ids: np.ndarray  # [N] str
-    smiles: np.ndarray | None  # [N] str, when asked for
-    modalities: list[str]
-    values: dict[str, np.ndarray]  # name -> [N, dim] in the stored dtype
-    present: np.ndarray  # [N, M] bool
-
-    def __len__(self) -> int:
-        return len(self.mol_ids)
-
-    def subset(self, index: np.ndarray) -> "PairedArrays":
-        return PairedArrays(
-            self.mol_ids[index],
-            None if self.smiles is None else self.smiles[index],
-            list(self.modalities),
-            {m: v[index] for m, v in self.values.items()},
-            self.present[index],
-        )
 
 
 class EmbeddingStore:
@@ -293,7 +261,7 @@ class EmbeddingStore:
 
     def read_numpy(
         self, modalities: list[str] | None = None, include_all: bool = False, with_smiles: bool = False
-    ) -> PairedArrays:
+    ) -> ModalityBatch:
         """Join the chosen modalities on mol_id into dense arrays with a presence mask.
 
         Rows are the molecules that have at least one chosen modality (``include_all``: every
@@ -330,7 +298,7 @@ class EmbeddingStore:
         if with_smiles:
             where = pc.index_in(ids, value_set=molecules.column("mol_id")).to_numpy(zero_copy_only=False)
             smiles = molecules.column("smiles").to_numpy(zero_copy_only=False)[where.astype(np.int64)]
-        return PairedArrays(ids.to_numpy(zero_copy_only=False), smiles, names, values, present)
+        return ModalityBatch(ids.to_numpy(zero_copy_only=False), names, values, present, smiles=smiles)
 
     def read_dataset(self, modalities: list[str] | None = None, num_partitions: int | None = None):
         """A Ray Dataset joined on mol_id over the chosen modalities (a distributed full
@@ -424,18 +392,7 @@ def _drop_failed_rows(batch: pa.Table) -> pa.Table:
 
 
 def _paired_batch(batch: pa.Table, dims: dict[str, int]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {"mol_id": batch.column("mol_id").to_numpy(zero_copy_only=False)}
-    present = np.zeros((batch.num_rows, len(dims)), dtype=bool)
-    for j, (name, dim) in enumerate(dims.items()):
-        column = batch.column(name)
-        valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
-        matrix = np.zeros((batch.num_rows, dim), dtype=np.float32)
-        if valid.any():
-            matrix[valid] = embedding_matrix(column.filter(pa.array(valid)), dim, "float32")
-        out[name] = matrix
-        present[:, j] = valid
-    out["present"] = present
-    return out
+    return ModalityBatch.from_arrow(batch, dims).to_columns()
 
 
 def encoder_identity(spec: dict[str, Any]) -> dict[str, Any]:

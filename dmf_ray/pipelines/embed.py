@@ -26,8 +26,9 @@ import pyarrow as pa
 
 from dmf_ray.files import resolve
 from dmf_ray.artifact import read_model_config
-from dmf_ray.inference import FusionEmbedder, choose_modalities, fuse_arrays
+from dmf_ray.inference import FusionEmbedder, choose_modalities, fuse, molecule_results
 from dmf_ray.inputs import discover_inputs, read_rows_stage
+from dmf_ray.modalities import ModalityBatch
 
 
 @dataclass
@@ -102,38 +103,24 @@ class FuseStoredStage:
         self.use = choose_modalities(self.names, None, drop)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Rows of the Ray Data join: a modality's column holds None where it is absent."""
-        n = len(batch["mol_id"])
-        present = np.zeros((n, len(self.names)), dtype=bool)
-        values = {}
-        for j, (name, dim) in enumerate(zip(self.names, self.model.config.dims)):
-            column = batch.get(name)
-            matrix = np.zeros((n, dim), dtype=np.float32)
-            if column is not None:
-                for i, v in enumerate(column):
-                    if v is not None:
-                        matrix[i] = v
-                        present[i, j] = True
-            values[name] = matrix
-        return self.fuse(batch["mol_id"], batch["smiles"], values, present, batch["source"], batch["row"])
+        """Rows of molecules left-joined with ``EmbeddingStore.read_dataset(self.use)``: a
+        molecule the join did not find has None in every store column; one it found has its
+        modalities' vectors and the ``present`` mask in ``self.use`` order."""
+        paired = ModalityBatch.empty(batch["mol_id"], self.names, self.model.config.dims)
+        for i, mask in enumerate(batch["present"]):
+            if mask is None:
+                continue
+            for k, name in enumerate(self.use):
+                if mask[k]:
+                    paired.values[name][i] = batch[name][i]
+                    paired.present[i, self.names.index(name)] = True
+        return self.fuse(paired, batch["smiles"], batch["source"], batch["row"])
 
-    def fuse(self, mol_ids, smiles, values: dict[str, np.ndarray], present: np.ndarray, source, row) -> pa.Table:
-        """Output rows for molecules with dense vectors (model order) and a presence mask [n, M]."""
-        present = present & np.array([name in self.use for name in self.names])
-        fused = fuse_arrays(self.model, values, present)
-        results = []
-        for i in range(len(mol_ids)):
-            base = {"mol_id": mol_ids[i], "smiles": smiles[i]}
-            if present[i].any():
-                base |= {
-                    "embedding": fused.fused[i],
-                    "attention": {m: float(fused.attention[i, j]) for j, m in enumerate(self.names)},
-                    "modalities": [m for j, m in enumerate(self.names) if present[i, j]],
-                    "error": None,
-                }
-            else:
-                base["error"] = "no modality of the model is stored for this molecule"
-            results.append(base)
+    def fuse(self, paired: ModalityBatch, smiles, source, row) -> pa.Table:
+        """Output rows for ``paired`` (model order; modalities outside ``use`` are withheld)."""
+        paired = paired.withhold([m for m in self.names if m not in self.use])
+        fused = fuse(self.model, paired)
+        results = molecule_results(paired, fused, smiles, no_modality="no modality of the model is stored for this molecule")
         return _rows_to_table(results, self.names, self.model.config.latent_dim, source, row)
 
 
@@ -143,9 +130,9 @@ def _fuse_small_store(store, model_dir: str, drop: list[str] | None, batch_size:
     import pyarrow.compute as pc
 
     stage = FuseStoredStage(model_dir, drop)
-    paired = store.read_numpy(stage.use)
+    stored = store.read_numpy(stage.use)
     molecules = store.molecules_table(["mol_id", "smiles", "source", "row"])
-    where = pc.index_in(molecules.column("mol_id"), value_set=pa.array(paired.mol_ids, pa.string()))
+    where = pc.index_in(molecules.column("mol_id"), value_set=pa.array(stored.mol_ids, pa.string()))
     where = where.to_numpy(zero_copy_only=False)  # NaN: a molecule with none of the modalities
     columns = {c: molecules.column(c).to_numpy(zero_copy_only=False) for c in molecules.column_names}
     tables = []
@@ -154,15 +141,12 @@ def _fuse_small_store(store, model_dir: str, drop: list[str] | None, batch_size:
         index = where[part]
         has = ~np.isnan(index)
         rows = index[has].astype(np.int64)
-        present = np.zeros((len(index), len(stage.names)), dtype=bool)
-        values = {}
-        for j, (name, dim) in enumerate(zip(stage.names, stage.model.config.dims)):
-            values[name] = np.zeros((len(index), dim), dtype=np.float32)
-            if name in paired.values:
-                values[name][has] = paired.values[name][rows]
-                present[has, j] = paired.present[rows, paired.modalities.index(name)]
-        tables.append(stage.fuse(columns["mol_id"][part], columns["smiles"][part], values, present,
-                                 columns["source"][part], columns["row"][part]))
+        paired = ModalityBatch.empty(columns["mol_id"][part], stage.names, stage.model.config.dims)
+        for j, name in enumerate(stage.names):
+            if name in stored.names:
+                paired.values[name][has] = stored.values[name][rows]
+                paired.present[has, j] = stored.present[rows, stored.names.index(name)]
+        tables.append(stage.fuse(paired, columns["smiles"][part], columns["source"][part], columns["row"][part]))
     failures = store.failures_table()
     if failures.num_rows:
         tables.append(_failures_as_rows(failures, stage.names, stage.model.config.latent_dim))

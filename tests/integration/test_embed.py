@@ -86,3 +86,25 @@ def test_embed_errors_are_one_line(library, capsys):
     assert dmf(["embed", "--model", model_dir, src, "--out", str(root / "x"), "--drop-modalities", "nope"]) == 2
     assert "unknown modality 'nope'" in capsys.readouterr().err
     assert dmf(["embed", "--model", str(root / "missing"), src, "--out", str(root / "x")]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("join", ["in memory", "ray data"])
+def test_embed_a_partially_paired_store_fuses_only_what_is_stored(library, join, monkeypatch):
+    root, src, _, model_dir = library
+    store = str(root / f"partial_{join.replace(' ', '_')}")
+    featurize([src], store, NAMES, log=lambda m: None)
+    extra = root / "extra.smi"
+    extra.write_text("CCCCCCO\nc1ccncc1\n")
+    featurize([str(extra)], store, ["ecfp"], log=lambda m: None)  # these two molecules have ecfp only
+    if join == "ray data":
+        monkeypatch.setattr("dmf_ray.store.IN_MEMORY_JOIN_MAX_BYTES", 0)
+    out = root / f"partial_{join.replace(' ', '_')}.parquet"
+    assert dmf(["embed", "--model", model_dir, "--store", store, "--out", str(out), "--drop-modalities", "rdkit2d"]) == 0
+    table = pq.read_table(out).to_pandas()
+    ecfp_only = table[table.source.str.endswith("extra.smi")]
+    assert len(ecfp_only) == 2 and ecfp_only.error.isna().all()
+    assert all(list(p) == ["ecfp"] for p in ecfp_only.present) and (ecfp_only.attn_maccs == 0).all()
+    expected = {r["mol_id"]: r for r in FusionEmbedder(model_dir).embed_smiles(list(ecfp_only.smiles), modalities=["ecfp"])}
+    for _, row in ecfp_only.iterrows():
+        np.testing.assert_allclose(row.embedding, expected[row.mol_id]["embedding"], atol=1e-5)
