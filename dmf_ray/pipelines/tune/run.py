@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from dmf_ray.files import atomic_write
 from dmf_ray.pipelines.tune.config import (METRICS, TUNE_DIR, TUNE_FILE, SearchDim, TrainingEntry, TrialRecord,
                                            TuneConfig, TuneResult, set_path)
@@ -114,18 +116,21 @@ def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry):
 
     trainable = tune.with_parameters(run_trial, base=plan.base, training=training,
                                      trials_dir=str(plan.out / TUNE_DIR / "trials"))
-    # The trial function only waits on its Ray Train run, whose workers hold the CPUs: it needs none
-    # itself (with 1 CPU each, a 2-CPU machine could never start a trial's worker).
-    trainable = tune.with_resources(trainable, {"CPU": 0})
+    # The trial function only waits on its Ray Train run, whose workers hold the CPUs: it takes a
+    # token share (with 1 CPU each, a 2-CPU machine could never start a trial's worker; Tune
+    # refuses a request of 0).
+    trainable = tune.with_resources(trainable, {"CPU": 0.01})
     return tune.Tuner(
         trainable,
         param_space={dim.path: _distribution(dim) for dim in plan.dims},
         tune_config=tune.TuneConfig(
             metric=config.metric, mode=plan.mode, num_samples=config.num_samples,
-            max_concurrent_trials=config.max_concurrent_trials,
             scheduler=ASHAScheduler(max_t=config.epochs, grace_period=min(config.grace_period, config.epochs),
                                     reduction_factor=config.reduction_factor),
-            search_alg=BasicVariantGenerator(random_state=config.seed),
+            # Tune ignores TuneConfig.max_concurrent_trials once a search_alg is given (tune.py,
+            # Ray 2.60): the limit goes to the generator itself. A trial over the limit would wait
+            # for CPUs and Ray Train would fail it after 60 s (WorkerGroupStartupTimeoutError).
+            search_alg=BasicVariantGenerator(max_concurrent=config.max_concurrent_trials, random_state=config.seed),
             trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name="search", storage_path=str(plan.out / TUNE_DIR / "ray"), verbose=0),
     )
@@ -200,7 +205,8 @@ def tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str], None]
     _publish(best, plan.out)
     result = TuneResult(str(plan.out), best, records, config.metric, plan.mode, time.time() - started,
                         str(plan.out / TUNE_FILE))
-    atomic_write(plan.out / TUNE_FILE, json.dumps(_summary(config, plan, result), indent=2).encode())
+    text = json.dumps(_summary(config, plan, result), indent=2)
+    atomic_write(pafs.LocalFileSystem(), str(plan.out / TUNE_FILE), lambda p: Path(p).write_text(text, encoding="utf-8"))
     for r in records:
         state = "error" if r.error else "stopped by ASHA" if r.stopped_early else "finished"
         log(f"  trial {r.trial_id} {r.params}: {state} after {r.epochs_run} epoch(s), {config.metric} "
