@@ -109,6 +109,48 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], training: Trainin
                    callbacks=[TuneReportCallback()])
 
 
+TRIAL_CPUS = 0.01
+
+
+def _placement_groups() -> dict[str, dict]:
+    from ray.util import placement_group_table
+
+    return {pg_id: info for pg_id, info in placement_group_table().items() if info.get("state") == "CREATED"}
+
+
+def _make_cleanup(before: set[str]):
+    """A Tune callback that frees the placement groups of Ray Train runs whose trial ASHA stopped.
+
+    Tune stops a trial by ending its actor, mid-``fit()``: the Train controller dies with it, and
+    its workers' placement group stays reserved until Ray Train's PlacementGroupCleaner removes it,
+    which needs the dashboard's State API (a cluster without a dashboard keeps the CPUs for good,
+    and the next trial's data loading then waits for them forever). When a trial ends and no
+    other trial runs, every placement group created since the search began, other than Tune's
+    own per-trial ones, belongs to a finished or dead Train run: removed."""
+    from ray.tune import Callback
+
+    class _FreeStoppedTrials(Callback):
+        def _free(self, trials) -> None:
+            from ray.util import remove_placement_group
+            from ray.util.placement_group import PlacementGroup, PlacementGroupID
+
+            if any(t.status == "RUNNING" for t in trials):
+                return
+            for pg_id, info in _placement_groups().items():
+                bundles = list(info.get("bundles", {}).values())
+                if pg_id in before or bundles == [{"CPU": TRIAL_CPUS}]:
+                    continue
+                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._free([t for t in trials if t is not trial])
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._free([t for t in trials if t is not trial])
+
+    return _FreeStoppedTrials()
+
+
 def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -119,20 +161,23 @@ def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry):
     # The trial function only waits on its Ray Train run, whose workers hold the CPUs: it takes a
     # token share (with 1 CPU each, a 2-CPU machine could never start a trial's worker; Tune
     # refuses a request of 0).
-    trainable = tune.with_resources(trainable, {"CPU": 0.01})
+    trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPUS})
     return tune.Tuner(
         trainable,
         param_space={dim.path: _distribution(dim) for dim in plan.dims},
         tune_config=tune.TuneConfig(
             metric=config.metric, mode=plan.mode, num_samples=config.num_samples,
-            scheduler=ASHAScheduler(max_t=config.epochs, grace_period=min(config.grace_period, config.epochs),
+            # max_t one past the last epoch: at max_t ASHA stops the trial, which would end it at its
+            # last report, before train() writes its model directory.
+            scheduler=ASHAScheduler(max_t=config.epochs + 1, grace_period=min(config.grace_period, config.epochs),
                                     reduction_factor=config.reduction_factor),
             # Tune ignores TuneConfig.max_concurrent_trials once a search_alg is given (tune.py,
             # Ray 2.60): the limit goes to the generator itself. A trial over the limit would wait
             # for CPUs and Ray Train would fail it after 60 s (WorkerGroupStartupTimeoutError).
             search_alg=BasicVariantGenerator(max_concurrent=config.max_concurrent_trials, random_state=config.seed),
             trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id),
-        run_config=tune.RunConfig(name="search", storage_path=str(plan.out / TUNE_DIR / "ray"), verbose=0),
+        run_config=tune.RunConfig(name="search", storage_path=str(plan.out / TUNE_DIR / "ray"), verbose=0,
+                                  callbacks=[_make_cleanup(set(_placement_groups()))]),
     )
 
 
