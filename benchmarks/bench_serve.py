@@ -143,7 +143,7 @@ def main(argv=None) -> int:
 
     from dmf_ray.inference import FusionEmbedder
     from dmf_ray.testing import save_random_model
-    from dmf_ray.pipelines.serve.app import build_app
+    from dmf_ray.pipelines.serve import build_app
 
     # The in-process baseline uses one torch thread, as each Serve replica does (torch's default
     # of one thread per core only fights the other processes on a small node).
@@ -175,9 +175,10 @@ def main(argv=None) -> int:
         "encoders": {**pinned, "num_replicas": args.encoder_replicas},
         "fusion": {**pinned, "max_batch_molecules": max(most, 4096)},
     }
-    # Per-request access logs cost ~1 ms of CPU per hop on a small node; the bench measures the
-    # service, not its logging (serve_configs/fusion.yaml keeps them on).
-    logging_config = None if args.access_log else {"enable_access_log": False, "log_level": "WARNING"}
+    # Per-request access logs cost ~1 ms of CPU per hop on a small node; off by default, as in
+    # `dmf serve` (ServeArgs.access_log).
+    app_args["access_log"] = args.access_log
+    logging_config = None if args.access_log else {"log_level": "WARNING"}
     serve.run(build_app(app_args), name="dmf-bench", route_prefix="/bench", logging_config=logging_config)
 
     embedder = FusionEmbedder(model_dir)

@@ -108,7 +108,41 @@ def read_model_config(directory: str | os.PathLike) -> dict:
         FusionConfig.from_dict(doc.get("fusion"))
     except ValueError as exc:
         raise ValueError(f"{path}: bad 'fusion' section: {exc}") from exc
+    check_sizes(directory, doc)
     return doc
+
+
+def _weight_dims(weights: Path, count: int) -> dict[int, int]:
+    """Input size of each modality as the weights hold it (``normalizers.<j>.mean`` is [d_j]),
+    from the safetensors header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), "np") as f:
+            keys = set(f.keys())
+            return {j: int(f.get_slice(f"normalizers.{j}.mean").get_shape()[0])
+                    for j in range(count) if f"normalizers.{j}.mean" in keys}
+    except (SafetensorError, OSError):
+        return {}  # unreadable weights are reported by load_fusion_model
+
+
+def check_sizes(directory: Path, doc: dict) -> None:
+    """Refuse a model whose parts disagree on a modality's size: config.json's fusion dims, the
+    weights, and the encoder spec (what the encoder will produce). Raises ValueError with one
+    line naming the modality and both sizes; reads only the weights' header."""
+    fusion = doc["fusion"]
+    names, dims = list(fusion["modalities"]), [int(d) for d in fusion["dims"]]
+    weights = directory / WEIGHTS_FILE
+    held = _weight_dims(weights, len(names)) if weights.is_file() else {}
+    specs = doc.get("modalities") or {}
+    for j, (name, dim) in enumerate(zip(names, dims)):
+        if j in held and held[j] != dim:
+            raise ValueError(f"{directory}: modality {name!r}: config.json says {dim} dims but the fusion weights "
+                             f"expect {held[j]}")
+        spec = specs.get(name) if isinstance(specs, dict) else None
+        if isinstance(spec, dict) and spec.get("dim") is not None and int(spec["dim"]) != held.get(j, dim):
+            raise ValueError(f"{directory}: modality {name!r}: the encoder spec gives {int(spec['dim'])} dims but the "
+                             f"fusion weights expect {held.get(j, dim)}")
 
 
 def load_fusion_model(

@@ -165,37 +165,3 @@ class FusionEmbedder:
         use = choose_modalities(self.modalities, modalities, drop)
         encoded = encode_smiles(smiles, self.encoders, use)
         return input_results(encoded, fuse(self.model, encoded.batch, with_gates, with_reconstructions))
-
-
-# ---- Transitional: the serve app's call sites until it moves to ModalityBatch ----------------
-# (serve engineer: switch pipelines/serve to encode_smiles / ModalityBatch / fuse /
-# molecule_results, then delete these three.)
-
-
-def parse_inputs(smiles: Sequence[str]) -> tuple[list[dict[str, Any]], list[Molecule], list[int]]:
-    """(one result slot per input with the error of each bad one, the molecules, their input positions)."""
-    from dmf_ray.molecules import InvalidSmilesError, iter_parsed
-
-    results: list[dict[str, Any]] = [{} for _ in smiles]
-    molecules, where = [], []
-    for i, parsed in enumerate(iter_parsed(list(smiles))):
-        if isinstance(parsed, InvalidSmilesError):
-            results[i] = {"input": smiles[i], "error": str(parsed)}
-        else:
-            molecules.append(parsed)
-            where.append(i)
-    return results, molecules, where
-
-
-def merge_encoded(modalities: Sequence[str], dims: Sequence[int], n: int, batches: dict) -> tuple[dict[str, np.ndarray], np.ndarray, list[list[str]]]:
-    batch = ModalityBatch.from_encoded([None] * n, modalities, dims, batches)
-    return batch.float32(), batch.present, batch.errors
-
-
-def fill_results(results: list[dict[str, Any]], inputs: Sequence[str], where: Sequence[int], molecules: Sequence[Molecule],
-                 modalities: Sequence[str], present: np.ndarray, errors: list[list[str]], fused: FusedBatch) -> list[dict[str, Any]]:
-    batch = ModalityBatch([m.mol_id for m in molecules], modalities,
-                          {m: np.zeros((len(molecules), 0), np.float32) for m in modalities}, present, errors)
-    for i, row in zip(where, molecule_results(batch, fused, [m.smiles for m in molecules])):
-        results[i] = {"input": inputs[i], **row}
-    return results

@@ -58,6 +58,31 @@ def gate_similarity(g_i: Tensor, g_j: Tensor, weight: Tensor) -> Tensor:
     return num.square() / den.clamp_min(_TINY)
 
 
+def _diversity(gates: list[Tensor], visible: Tensor) -> Tensor:
+    """Eq. 4: mean over modality pairs of gate_similarity over the samples where both are
+    visible; pairs with fewer than 2 such samples are skipped (no host sync: masked arithmetic)."""
+    M = len(gates)
+    div_sum = gates[0].new_zeros(())
+    div_pairs = gates[0].new_zeros(())
+    for i in range(M):
+        for j in range(i + 1, M):
+            both = visible[:, i] & visible[:, j]
+            enough = both.sum() >= 2
+            sim = gate_similarity(gates[i], gates[j], both.float())
+            div_sum = div_sum + torch.where(enough, sim, 0.0)
+            div_pairs = div_pairs + enough.float()
+    return div_sum / div_pairs.clamp_min(1)
+
+
+def _inverted_entropy(alpha: Tensor, visible: Tensor) -> Tensor:
+    """Eq. 5 (inverted): mean of 1 - H(alpha) / log(n_visible) over samples with >= 2 visible."""
+    n_visible = visible.sum(1)
+    # clamp inside the log: a visible weight can underflow to 0 in float32, and 0 * log 0 = NaN.
+    plogp = torch.where(visible, alpha * alpha.clamp_min(_TINY).log(), 0.0)
+    norm_entropy = -plogp.sum(1) / n_visible.clamp_min(2).float().log()
+    return _masked_mean(1.0 - norm_entropy, n_visible >= 2)
+
+
 def fusion_losses(
     config: FusionConfig,
     out: FusionOutput,
@@ -109,25 +134,9 @@ def fusion_losses(
     cos = _cosine(fused.unsqueeze(1), out.latents.float())
     align = _masked_mean(F.softplus(-cos), visible)
 
-    M = config.num_modalities
     gates = [g.float() for g in out.gates]
-    div_sum = fused.new_zeros(())
-    div_pairs = fused.new_zeros(())
-    for i in range(M):
-        for j in range(i + 1, M):
-            both = visible[:, i] & visible[:, j]
-            enough = both.sum() >= 2
-            sim = gate_similarity(gates[i], gates[j], both.float())
-            div_sum = div_sum + torch.where(enough, sim, 0.0)
-            div_pairs = div_pairs + enough.float()
-    div = div_sum / div_pairs.clamp_min(1)
-
-    alpha = out.attention.float()
-    n_visible = visible.sum(1)
-    # clamp inside the log: a visible weight can underflow to 0 in float32, and 0 * log 0 = NaN.
-    plogp = torch.where(visible, alpha * alpha.clamp_min(_TINY).log(), 0.0)
-    norm_entropy = -plogp.sum(1) / n_visible.clamp_min(2).float().log()
-    ent = _masked_mean(1.0 - norm_entropy, n_visible >= 2)
+    div = _diversity(gates, visible)
+    ent = _inverted_entropy(out.attention.float(), visible)
 
     gate_l1 = torch.stack([g.mean(-1) for g in gates], 1)  # gates are > 0, so mean == L1 / d_m
     sparse = _masked_mean(gate_l1, visible)

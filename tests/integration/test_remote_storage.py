@@ -109,7 +109,7 @@ def test_store_model_and_embeddings_live_on_s3(s3, library, tmp_path, monkeypatc
     # Serve straight from the URI: each replica fetches the model on its own node.
     from ray import serve
 
-    from dmf_ray.pipelines.serve.app import build_app
+    from dmf_ray.pipelines.serve import build_app
 
     serve.shutdown()
     with socket.socket() as probe:

@@ -47,4 +47,4 @@ def test_kubernetes_and_serve_manifests_parse(path):
             if doc["kind"] == "RayJob":
                 assert spec["entrypoint"].startswith("python jobs/")
             else:
-                assert "dmf_ray.pipelines.serve.app:build_app" in spec["serveConfigV2"]
+                assert "dmf_ray.pipelines.serve:build_app" in spec["serveConfigV2"]

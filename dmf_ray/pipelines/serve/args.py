@@ -1,5 +1,5 @@
 """Typed arguments of the Serve app (the builder's input; every field is settable from
-serve_configs/fusion.yaml)."""
+serve_configs/fusion.yaml, and ``dmf serve`` makes a flag of each from its ``description``)."""
 
 import os
 from typing import Any
@@ -56,7 +56,10 @@ class DeploymentArgs(_Args):
         default_factory=AutoscalingArgs, description="autoscaling_config; null pins num_replicas"
     )
     num_replicas: int = Field(1, ge=1, description="fixed replica count, used only when autoscaling is null")
-    health_check_period_s: float = Field(10.0, gt=0, description="how often Serve calls check_health")
+    health_check_period_s: float = Field(
+        10.0, gt=0, description="how often Serve calls check_health; also how soon a dead replica is noticed and "
+        "replaced (Serve finds a killed replica at its next health check)"
+    )
     health_check_timeout_s: float = Field(
         30.0, gt=0, description="check_health slower than this marks the replica sick"
     )
@@ -86,8 +89,10 @@ class BatchedDeploymentArgs(DeploymentArgs):
 # Per-role defaults. A role given in the args is merged over these field by field (autoscaling
 # too), so `encoders: {num_cpus: 2}` changes the CPUs and keeps everything else.
 ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ingress": {"num_cpus": 0.5, "max_ongoing_requests": 128,
-                "autoscaling": {"max_replicas": 2, "target_ongoing_requests": 32}},
+    # Two ingress replicas at all times: when one dies the proxy routes to the other at once,
+    # and a 2 s health check replaces the dead one (Serve notices a dead replica at its next check).
+    "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 128, "health_check_period_s": 2.0,
+                "autoscaling": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 32}},
     "encoders": {"num_cpus": 1.0, "max_ongoing_requests": 64, "max_batch_molecules": 512,
                  "autoscaling": {"max_replicas": 4, "target_ongoing_requests": 2}},
     "gpu_encoders": {"num_cpus": 1.0, "max_ongoing_requests": 64, "max_batch_molecules": 512,
@@ -105,14 +110,34 @@ def _merged(base: dict, override: dict) -> dict:
 
 
 class ServeArgs(_Args):
-    """Everything the app is built from. ``import_path: dmf_ray.pipelines.serve.app:build_app`` + ``args:``."""
+    """Everything the app is built from. ``import_path: dmf_ray.pipelines.serve:build_app`` + ``args:``."""
 
     model_dir: str = Field(..., description="trained model directory (config.json + model.safetensors): a "
                            "path every node reads, or a URI (s3://, gs://) each replica fetches once per node")
     max_smiles_per_request: int = Field(256, ge=1, description="more SMILES than this in one request -> 413")
     max_smiles_length: int = Field(2000, ge=1, description="a SMILES longer than this -> 422 naming its index")
+    max_heavy_atoms: int = Field(
+        100, ge=1, description="a molecule with more heavy atoms than this -> 422 naming its index, its size and "
+        "the limit; bounds the encoder work one molecule can ask for (rdkit2d grows ~N^2.5: ~20 ms at 100 "
+        "heavy atoms, ~0.4 s at 400 on one core)"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered in this time -> 504")
     handle_retries: int = Field(2, ge=0, description="retries of a backend call whose replica died mid-request")
+    encode_step_atoms: int = Field(
+        200, ge=1, description="heavy atoms a CPU encoder replica takes per step, shared fairly between the "
+        "requests waiting (at least one molecule each): a small request waits for at most one step of a large one "
+        "(~2 molecules of 100 heavy atoms, ~50 ms with rdkit2d on one core)"
+    )
+    access_log: bool = Field(False, description="Serve's per-request access log lines (proxy and replicas)")
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the local Ray that `dmf serve` starts (default: all); ignored when "
+        "attaching to a cluster (RAY_ADDRESS)"
+    )
+    cap_replicas: bool | None = Field(
+        None, description="lower each deployment's max_replicas to what the cluster can place, keeping one ingress "
+        "replica's resources free for its replacement; null = only on a single-node cluster (a local Ray). Set "
+        "false on a cluster whose autoscaler adds nodes for pending replicas"
+    )
     separate_fusion: bool = Field(
         False, description="run the fusion model in its own FusionModel deployment (to give it a GPU or scale it "
         "apart from the HTTP edge) instead of inside the ingress; costs one more handle hop per request"
