@@ -4,11 +4,8 @@ train workflow as tune is handed it (TrainingEntry) and what it returns (TuneRes
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
