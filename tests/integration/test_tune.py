@@ -24,11 +24,13 @@ TRAINING = TrainingEntry(TrainConfig, train, check_training)
 
 @pytest.fixture(scope="module")
 def store(ray_session, tmp_path_factory) -> str:
-    from tests.conftest import rdkit_sample_file
+    import os
+
+    import rdkit
 
     root = tmp_path_factory.mktemp("tune_store")
     smi = root / "mols.smi"
-    with open(rdkit_sample_file()) as f:
+    with open(os.path.join(os.path.dirname(rdkit.__file__), "Data", "NCI", "first_5K.smi")) as f:
         smi.write_text("".join(islice(f, 300)))
     uri = str(root / "store")
     featurize([str(smi)], uri, NAMES, shard_rows=300, log=lambda m: None)
