@@ -84,7 +84,7 @@ def _ray_logs_dir() -> str | None:
 
 def _c_stderr_to(logs_dir: str | None) -> None:
     """Point file descriptor 2 at a log file, keeping ``sys.stderr`` on the terminal."""
-    if logs_dir is None or getattr(_c_stderr_to, "done", False):
+    if logs_dir is None or _state.get("fd2_moved"):
         return
     sys.stderr.flush()
     terminal = os.dup(2)
@@ -92,7 +92,7 @@ def _c_stderr_to(logs_dir: str | None) -> None:
     os.dup2(log_fd, 2)
     os.close(log_fd)
     sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
-    _c_stderr_to.done = True  # type: ignore[attr-defined]
+    _state["fd2_moved"] = True
 
 
 def log(message: str) -> None:
