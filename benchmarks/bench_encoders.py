@@ -103,7 +103,7 @@ def bucketed(encoder, molecules, batch: int):
 
 def padded_lengths(method: str, lengths: list[int], batch: int, max_length: int, encoder, device: str) -> list[int]:
     """The length each molecule is padded to by each method (for padding and FLOP counts)."""
-    from dmf_ray.encoders.transformer import length_buckets
+    from dmf_ray.encoders.pretrained import length_buckets
 
     padded = []
     for s in range(0, len(lengths), batch):
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from dmf_ray.encoders.transformer import SELFIES_TED_SIZE, TINY_SIZE, TransformerEncoder, save_random_bart
+    from dmf_ray.encoders.hf import SELFIES_TED_SIZE, TINY_SIZE, TransformerEncoder, save_random_bart
     from dmf_ray.molecules import InvalidSmilesError, parse_smiles, to_selfies
 
     if args.threads:

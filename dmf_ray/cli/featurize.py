@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from dmf_ray.cli import console
@@ -11,13 +13,15 @@ from dmf_ray.cli.flags import add_config_flags, build_config
 from dmf_ray.encoders import DEFAULT_ENCODERS
 
 
-
 class FeaturizeOptions(BaseModel):
     """What ``dmf featurize`` takes (the arguments of ``pipelines.featurize.featurize``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[str] = Field(min_length=1, description=".smi/.txt/.csv/.tsv/.parquet files (gzip ok) or folders; local or s3://")
+    inputs: list[str] = Field(min_length=1, description=".smi/.txt/.ism/.can/.csv/.tsv/.parquet files (gzip ok) or "
+                                                        "folders; local or s3://")
+    format: Literal["smi", "csv", "tsv", "parquet"] | None = Field(
+        None, description="format of the files named (default: from the extension, else from the content)")
     store: str = Field(description="store directory (created if absent); local or a URI such as s3://...")
     encoders: list[str] = Field(list(DEFAULT_ENCODERS), min_length=1,
                                 description="comma-separated encoder names; name=value passes a value to "
@@ -52,17 +56,19 @@ def run_featurize(args: argparse.Namespace) -> int:
 
     options = build_config(FeaturizeOptions, args.flags.values(args))
     # Checks that need no cluster, before paying for a Ray start-up.
-    discover_inputs(options.inputs, options.smiles_column, options.id_column)
+    discover_inputs(options.inputs, options.smiles_column, options.id_column, options.format)
     resolve_encoders(options.encoders)
     console.setup(args.verbose, args.num_cpus)
     from dmf_ray.runtime import ensure_ray
 
-    ensure_ray()
+    # featurize starts Ray only once it knows there is work to do ("nothing to do" needs none).
     with console.step("featurize") as bar:
         result = console.with_progress(
             featurize, bar, options.inputs, options.store, options.encoders, options.smiles_column,
-            options.id_column, options.shard_rows, log=console.log,
+            options.id_column, options.shard_rows, log=console.log, format=options.format, start_ray=ensure_ray,
         )
+    if result.nothing_to_do:
+        return 0
     console.log(
         f"featurized {result.rows_read:,} new input rows ({result.failed:,} failed to parse) into "
         f"{result.store} in {result.seconds:.1f} s; vectors written: "

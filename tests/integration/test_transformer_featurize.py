@@ -25,7 +25,7 @@ TOO_LONG = "C" * 40  # 42 tokens with [CLS] and [SEP]
 @pytest.fixture
 def model_dir(tmp_path):
     pytest.importorskip("transformers")
-    from dmf_ray.encoders.transformer import save_random_bart
+    from dmf_ray.encoders.hf import save_random_bart
 
     return save_random_bart(str(tmp_path / "tiny-bart"), smiles=VALID + [TOO_LONG])
 
@@ -70,7 +70,7 @@ def test_transformer_modality_round_trips_through_the_store(ray_session, tmp_pat
 
     # Another model under the same name is refused before any work: different weights at the
     # same path change the content hash.
-    from dmf_ray.encoders.transformer import save_random_bart
+    from dmf_ray.encoders.hf import save_random_bart
 
     save_random_bart(model_dir, smiles=VALID + [TOO_LONG], seed=7)
     with pytest.raises(StoreError, match="modality 'selfies-ted' is stored with"):

@@ -16,13 +16,9 @@ import numpy as np
 import pytest
 
 from dmf_ray.encoders import available_encoders, base, create_encoder, encoder_from_option, encoder_from_spec
-from dmf_ray.encoders.transformer import (
-    MissingExtraError,
-    ModelMismatchError,
-    content_hash,
-    length_buckets,
-    save_random_bart,
-)
+from dmf_ray.encoders.hf import save_random_bart
+from dmf_ray.encoders.identity import MissingExtraError, ModelMismatchError, content_hash
+from dmf_ray.encoders.pretrained import length_buckets
 from dmf_ray.molecules import parse_smiles
 
 SMILES = [
@@ -269,7 +265,7 @@ def load(folder):
 TOY_PLUGIN = '''
 """The dmf_ray wrapper a user writes around that package (see README: plugins)."""
 import torch
-from dmf_ray.encoders.transformer import PretrainedEncoder
+from dmf_ray.encoders import PretrainedEncoder
 
 
 class ToySmiTed(PretrainedEncoder):

@@ -119,8 +119,12 @@ def _stop(app_name: str, serve_was_running: bool, ray_started: bool) -> None:
     # Quiet: replicas being torn down on purpose are not errors worth a paragraph.
     logging.getLogger("ray.serve").setLevel(logging.CRITICAL)
     try:
-        if serve_was_running:
-            serve.delete(app_name)
+        # serve.shutdown() kills its controller while a task of it is pending, and the raylet
+        # prints "graceful_shutdown failed ... killed by ray.kill"; a cluster we started goes
+        # as a whole after the app's graceful delete, controller and proxies with it.
+        if serve_was_running or ray_started:
+            if app_name in serve.status().applications:
+                serve.delete(app_name)
         else:
             serve.shutdown()
     except Exception as exc:  # noqa: BLE001 - the cluster goes next anyway when we started it
