@@ -195,3 +195,25 @@ def test_job_entry_points_take_the_command_flags(job):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"dmf {job}" in done.stdout and "--out" in done.stdout or "--store" in done.stdout
+
+
+def test_follow_moves_a_bar_from_a_file_written_by_others(tmp_path):
+    import time
+
+    from dmf_ray.cli import console
+    from dmf_ray.cli.train import _lines
+
+    seen = []
+
+    class Recorder:  # stands in for rich's Progress: records what the bar was told
+        def update(self, task, completed, total):
+            seen.append((completed, total))
+
+    metrics = tmp_path / "metrics.jsonl"
+    with console.follow(console.Step(Recorder(), 0), lambda: _lines(str(metrics)), 3, every_s=0.02):
+        time.sleep(0.1)  # no file yet: nothing to show, no error
+        metrics.write_text('{"epoch": 1}\n{"epoch": 2}\n')
+        deadline = time.time() + 5
+        while (2, 3) not in seen and time.time() < deadline:
+            time.sleep(0.02)
+    assert (2, 3) in seen and all(total == 3 for _, total in seen)
