@@ -173,7 +173,8 @@ def test_leaked_rows_and_the_auto_learner(setup, capsys):
     task = json.loads((out / "summary.json").read_text())["tasks"]["bace"]
     assert set(task["leaked"]) == {"maccs", "ecfp+maccs", "maccs+rdkit2d", "ecfp+maccs+rdkit2d", "fusion",
                                    "fusion-finetuned"}
-    assert list(task["rows"])[-2:] == ["fusion", "fusion-finetuned"] and task["learners"]["fusion-finetuned"] == "finetune"
+    assert list(task["rows"])[-2:] == ["fusion", "fusion-finetuned"]
+    assert task["learners"]["fusion-finetuned"] == "finetune"
     assert task["best_row"] in ("ecfp", "rdkit2d", "ecfp+rdkit2d")  # leaked rows are never "best"
     assert set(task["learners"].values()) <= {"rf", "xgboost", "logreg", "mlp", "finetune"}
     assert set(task["paper_protocol"]) == set(ROWS)  # XGBoost on frozen features, its own table
