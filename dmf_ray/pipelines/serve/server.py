@@ -45,14 +45,22 @@ def _start_ray(num_cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    from dmf_ray import runtime
+
+    # The process-wide output settings the CLI chose (runtime.RAY_INIT_OPTIONS, AFTER_RAY_INIT).
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True,
+             **{k: v for k, v in runtime.RAY_INIT_OPTIONS.items() if k != "num_cpus"}}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
-        return False
-    # The proxy of a local Ray inherits this environment: JSON error bodies (errors.JsonErrors).
-    os.environ.setdefault(PROXY_HOOK_ENV, PROXY_HOOK)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
-    return True
+        started = False
+    else:
+        # The proxy of a local Ray inherits this environment: JSON error bodies (errors.JsonErrors).
+        os.environ.setdefault(PROXY_HOOK_ENV, PROXY_HOOK)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+        started = True
+    for hook in runtime.AFTER_RAY_INIT:
+        hook()
+    return started
 
 
 def _local_gpu_fallback(args: ServeArgs) -> ServeArgs:
