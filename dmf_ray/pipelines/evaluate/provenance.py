@@ -52,10 +52,10 @@ def trained_on(spec: Mapping[str, Any]) -> dict[str, Any] | None:
     """An encoder's declared training data from its spec, or from the encoder itself (older
     cards); None when it declares nothing. Raises ValueError for a malformed declaration."""
     declared = spec.get("trained_on")
-    if declared is None:
-        from dmf_ray.encoders import encoder_from_spec
+    if declared is None:  # a card written before specs recorded it: ask the encoder (built once)
+        from dmf_ray.pipelines.evaluate.features import encoders_for
 
-        declared = getattr(encoder_from_spec(dict(spec)), "trained_on", None)
+        declared = getattr(encoders_for({"m": spec})["m"], "trained_on", None)
     if not declared:  # None, or an empty list: nothing declared (rule-based encoders)
         return None
     if isinstance(declared, (list, tuple)):
