@@ -65,7 +65,7 @@ def setup(ray_session, shared_data, tmp_path_factory):
     # The same model whose maccs encoder declares it was trained on BACE labels (as a pretrained
     # neural encoder's spec does): every row using maccs is LEAKED on bace.
     leaky = {n: dict(s.modalities[n]) for n in NAMES}
-    leaky["maccs"]["trained_on"] = {"datasets": ["BACE"], "mol_ids": None}
+    leaky["maccs"]["trained_on"] = ["moleculenet:bace"]
     save_fusion_model(root / "model-leaky", model, card={"modalities": leaky, "training": {"store": store}})
     return root, bace, str(model_dir)
 
@@ -168,7 +168,7 @@ def test_leaked_rows_and_the_auto_learner(setup, capsys):
                     "--seeds", "1", "--learner", "auto", "--robustness", "none", "--n-estimators", "20", "--n-jobs", "1",
                     "--mask-rates", "0", "--finetune", "--finetune-epochs", "3") == 0
     err = capsys.readouterr().err
-    assert "LEAKED: encoder 'maccs' was trained on BACE" in err and "[bace] maccs " in err
+    assert "LEAKED: encoder 'maccs' was trained on moleculenet:bace" in err and "[bace] maccs " in err
     assert "not computed: Figure 2: skipped: --robustness none" in err
     task = json.loads((out / "summary.json").read_text())["tasks"]["bace"]
     assert set(task["leaked"]) == {"maccs", "ecfp+maccs", "maccs+rdkit2d", "ecfp+maccs+rdkit2d", "fusion",
