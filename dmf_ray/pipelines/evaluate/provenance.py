@@ -3,8 +3,9 @@ overlap with the task, per split) and what each encoder's model was trained on (
 
 An encoder declares its training data as ``trained_on`` (an attribute of the Encoder, copied
 into its spec and so into the model card): a list of dataset names, optionally prefixed by
-their source (``["tdc:BBB_Martins", "moleculenet:bbbp", ...]``), or, where the molecules are
-known too, ``{"datasets": [...], "mol_ids": [dmf mol_id, ...]}``.
+their source (``["tdc:BBB_Martins", "moleculenet:bbbp", ...]``). Where the molecules are known
+too, an encoder attribute may be ``{"datasets": [...], "mol_ids": [dmf mol_id, ...]}`` (read
+from the encoder when the card's spec records no ``trained_on``; the spec itself holds names).
 
 A task whose dataset is among an encoder's ``datasets`` makes every row that uses that encoder
 LEAKED: its labels were seen while the encoder was trained. Names match case-insensitively,
