@@ -84,6 +84,9 @@ POOLED_BLOCK_BYTES = 1 << 20
 # .csv.gz through pyarrow's CSV reader); declared so Ray schedules it honestly and its memory
 # detector has nothing to flag.
 READ_TASK_MEMORY = 256 << 20
+# A write task's worker with pooled encoders (measured 167-186 MiB in benchmarks/bench_neural.py,
+# where Ray Data's memory detector flagged it undeclared).
+WRITE_TASK_MEMORY = 256 << 20
 SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("source", pa.string()), ("rows", pa.list_(pa.int64())),
                           ("smiles", pa.list_(pa.string())), ("source_id", pa.list_(pa.string()))])
 
@@ -368,7 +371,7 @@ def _build_pipeline(
             fn_constructor_kwargs={"name": name, "spec": specs[name]},
         )
     if pooled:
-        ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05,
+        ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05, memory=WRITE_TASK_MEMORY,
                             fn_kwargs={"store_uri": store_uri, "specs": {n: specs[n] for n in pooled}})
     return ds
 
