@@ -322,7 +322,7 @@ def _parse_pool_size(files: list[InputFile], shard_rows: int, cpus: float) -> in
     bound the shard count from above, so an actor may stay idle on a small library; Ray Data
     warns about that, which would only puzzle the user. The filter is set here, per run, rather
     than at import: pytest and warnings.catch_warnings callers reset filters set at import."""
-    warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for 'MapBatches\(_ParseStage\)'")
+    warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for 'MapBatches\((_ParseStage|EncodeStage)\)'")
     shards = sum(max(1, math.ceil(f.size / (MIN_BYTES_PER_ROW * shard_rows))) for f in files)
     return max(1, min(int(cpus), shards))
 
