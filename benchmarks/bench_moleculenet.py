@@ -32,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+from dmf_ray.pipelines.evaluate.config import ROBUSTNESS_PROTOCOLS
+from dmf_ray.pipelines.evaluate.learners import LEARNER_CHOICES
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 TASKS = ("bace", "bbbp", "clintox", "hiv", "tox21", "sider")
@@ -66,8 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latent-dim", type=int, default=256, help="fused vector dim")
     p.add_argument("--train-workers", type=int, default=1, help="Ray Train workers (0: in-process)")
     p.add_argument("--seeds", type=int, default=3, help="downstream seeds")
-    p.add_argument("--robustness", choices=("inference", "refit", "none"), default="inference",
-                   help="Figure 2 protocol (see dmf_ray.pipelines.evaluate.run)")
+    p.add_argument("--robustness", choices=ROBUSTNESS_PROTOCOLS, default="inference",
+                   help="Figure 2 protocol (see dmf_ray.pipelines.evaluate.table)")
+    p.add_argument("--learner", choices=LEARNER_CHOICES, default="rf",
+                   help="downstream learner (auto: per row the best on valid; see dmf_ray.pipelines.evaluate.learners)")
+    p.add_argument("--no-paper-protocol", action="store_true", help="skip the XGBoost-on-frozen-embeddings table")
+    p.add_argument("--finetune", action="store_true",
+                   help="add the fine-tuned fusion row (pretrained fusion + head, masking kept on)")
     p.add_argument("--n-jobs", type=int, default=2, help="cores per forest fit")
     p.add_argument("--n-estimators", type=int, default=None, help="trees per forest (default: 300, 100 on large tasks)")
     p.add_argument("--work-dir", default=str(ROOT / "out" / "bench_moleculenet"), help="store/, model/, report/ go here")
@@ -154,7 +162,7 @@ def untrained_model(store_uri: str, encoders: list[str], latent_dim: int, out: P
 
 
 def task_specs(args):
-    from dmf_ray.pipelines.evaluate.run import TaskSpec
+    from dmf_ray.pipelines.evaluate import TaskSpec
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     specs = []
@@ -168,58 +176,79 @@ def task_specs(args):
     return specs, splits
 
 
-def markdown_tables(summary: dict, tasks: list[str], splits: list[str]) -> str:
-    from dmf_ray.pipelines.evaluate.report import order_rows
+def _cell(summary: dict, task: str, row: str, key: str = "rows") -> dict | None:
+    v = summary["tasks"][task][key].get(row)
+    return None if not v or v["mean"] is None else v
 
+
+def _table(summary: dict, names: list[str], key: str) -> list[str]:
+    """Rows x tasks of ``key`` (``rows``: Table 1 with the learner per cell; ``paper_protocol``);
+    the best non-leaked row per column in bold, leaked rows marked LEAKED."""
+    from dmf_ray.pipelines.evaluate.results import order_rows
+
+    lines = ["| row | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for r in order_rows(r for n in names for r in summary["tasks"][n][key]):
+        cells = []
+        for n in names:
+            task, v = summary["tasks"][n], _cell(summary, n, r, key)
+            if v is None:
+                cells.append("–")
+                continue
+            text = f"{v['mean']:.3f} ± {v['std']:.3f}" + (f" · {task['learners'][r]}" if key == "rows" else "")
+            clean = [x["mean"] for k, x in task[key].items() if x["mean"] is not None and k not in task["leaked"]]
+            best = r not in task["leaked"] and clean and v["mean"] == max(clean)
+            cells.append((f"**{text}**" if best else text) + (" LEAKED" if r in task["leaked"] else ""))
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _deltas(summary: dict, names: list[str], split: str) -> list[str]:
+    """Fusion against the best non-leaked single modality, the full concatenation, the paper."""
+    rows = [r for r in summary["tasks"][names[0]]["rows"]]
+    singles = [r for r in rows if "+" not in r and not r.startswith("fusion")]
+    full = max((r for r in rows if "+" in r), key=lambda r: r.count("+"), default=None)
+
+    def delta(n, ref_rows):
+        f = _cell(summary, n, "fusion")
+        leaked = summary["tasks"][n]["leaked"]
+        refs = [_cell(summary, n, r)["mean"] for r in ref_rows if _cell(summary, n, r) and r not in leaked]
+        return f"{f['mean'] - max(refs):+.3f}" if f and refs and "fusion" not in leaked else "–"
+
+    lines = ["| fusion − best single modality | " + " | ".join(delta(n, singles) for n in names) + " |"]
+    if full:
+        lines.append(f"| fusion − {full} | " + " | ".join(delta(n, [full]) for n in names) + " |")
+    if split == "provided":
+        lines.append("| paper: dynamic fusion (SMI-TED, SELFIES-TED, MHG-GED) | "
+                     + " | ".join(f"{PAPER_FUSION[n]:.3f}" if n in PAPER_FUSION else "–" for n in names) + " |")
+
+        def vs_paper(n):
+            f = _cell(summary, n, "fusion")
+            return f"{f['mean'] - PAPER_FUSION[n]:+.3f}" if f and n in PAPER_FUSION else "–"
+
+        lines.append("| ours fusion − paper fusion | " + " | ".join(vs_paper(n) for n in names) + " |")
+        lines.append("| notes/baselines.md: RF on ECFP4 counts | "
+                     + " | ".join(NOTES_ECFP_RF.get(n, "–") for n in names) + " |")
+    return lines
+
+
+def markdown_tables(summary: dict, tasks: list[str], splits: list[str]) -> str:
+    """Per split: Table 1 (learner per cell, LEAKED rows out of "best"), fusion deltas, and the
+    paper's protocol (XGBoost on frozen embeddings) as its own table when it was computed."""
     lines = []
     for split in splits:
         names = [t if split == "provided" else f"{t}-{split}" for t in tasks]
         names = [n for n in names if n in summary["tasks"]]
         if not names:
             continue
-        lines += [f"### ROC-AUC, {split} split (mean ± std over seeds; best per column in bold)", ""]
-        lines.append("| row | " + " | ".join(names) + " |")
-        lines.append("|---|" + "---|" * len(names))
-        rows = order_rows(r for n in names for r in summary["tasks"][n]["rows"])
-
-        def cell(n, r):
-            v = summary["tasks"][n]["rows"].get(r)
-            return None if not v or v["mean"] is None else v
-
-        for r in rows:
-            cells = []
-            for n in names:
-                v = cell(n, r)
-                if v is None:
-                    cells.append("–")
-                    continue
-                best = max((x["mean"] for x in summary["tasks"][n]["rows"].values() if x["mean"] is not None))
-                text = f"{v['mean']:.3f} ± {v['std']:.3f}"
-                cells.append(f"**{text}**" if v["mean"] == best else text)
-            lines.append(f"| {r} | " + " | ".join(cells) + " |")
-        singles = [r for r in rows if "+" not in r and r != "fusion"]
-        full = max((r for r in rows if "+" in r), key=lambda r: r.count("+"), default=None)
-
-        def delta(n, ref_rows):
-            f = cell(n, "fusion")
-            refs = [cell(n, r)["mean"] for r in ref_rows if cell(n, r)]
-            return f"{f['mean'] - max(refs):+.3f}" if f and refs else "–"
-
-        lines.append("| fusion − best single modality | " + " | ".join(delta(n, singles) for n in names) + " |")
-        if full:
-            lines.append(f"| fusion − {full} | " + " | ".join(delta(n, [full]) for n in names) + " |")
-        if split == "provided":
-            lines.append("| paper: dynamic fusion (SMI-TED, SELFIES-TED, MHG-GED) | "
-                         + " | ".join(f"{PAPER_FUSION[n]:.3f}" if n in PAPER_FUSION else "–" for n in names) + " |")
-
-            def vs_paper(n):
-                f = cell(n, "fusion")
-                return f"{f['mean'] - PAPER_FUSION[n]:+.3f}" if f and n in PAPER_FUSION else "–"
-
-            lines.append("| ours fusion − paper fusion | " + " | ".join(vs_paper(n) for n in names) + " |")
-            lines.append("| notes/baselines.md: RF on ECFP4 counts | "
-                         + " | ".join(NOTES_ECFP_RF.get(n, "–") for n in names) + " |")
-        lines.append("")
+        lines += [f"### ROC-AUC, {split} split (mean ± std over seeds · learner; best non-leaked per column "
+                  "in bold)", ""]
+        lines += _table(summary, names, "rows") + _deltas(summary, names, split) + [""]
+        if any(summary["tasks"][n]["paper_protocol"] for n in names):
+            lines += [f"### Paper protocol (XGBoost on frozen embeddings), {split} split", ""]
+            lines += _table(summary, names, "paper_protocol") + [""]
+        missing = [f"- {n} / {what}: {why}" for n in names for what, why in summary["tasks"][n]["not_computed"].items()]
+        if missing:
+            lines += ["Not computed:", ""] + missing + [""]
     return "\n".join(lines)
 
 
@@ -240,7 +269,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from dmf_ray.pipelines.evaluate.run import EvaluateConfig, evaluate, load_tasks
+    from dmf_ray.pipelines.evaluate import EvaluateConfig, evaluate, load_tasks
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -249,9 +278,9 @@ def main(argv=None) -> int:
     specs, splits = task_specs(args)
     config = EvaluateConfig(model=args.model or str(work / "model"), tasks=specs, out=str(work / "report"),
                             seeds=args.seeds, robustness=args.robustness, n_jobs=args.n_jobs,
+                            learner=args.learner, paper_protocol=not args.no_paper_protocol, finetune=args.finetune,
                             n_estimators=args.n_estimators, title="MoleculeNet benchmark (benchmarks/bench_moleculenet.py)")
     if not args.model:
-        config.validate()
         load_tasks(config)  # a task that cannot be loaded fails now, not after pretraining
         config.model = pretrain(args, work, timings)
     model_dir = config.model

@@ -9,7 +9,13 @@ import gc
 import logging
 import os
 import types
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+# Set by whoever owns the process (the dmf CLI), read by every ensure_ray in it: extra ray.init
+# keywords (log_to_driver, logging_level, num_cpus of a local Ray) and callables run once right
+# after this process starts or joins Ray (e.g. quieting Ray Data's console output).
+RAY_INIT_OPTIONS: dict[str, Any] = {}
+AFTER_RAY_INIT: list[Callable[[], None]] = []
 
 
 def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
@@ -26,11 +32,15 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    options = {"logging_level": logging.WARNING, "log_to_driver": True, **RAY_INIT_OPTIONS}
+    local_cpus = options.pop("num_cpus", None) if num_cpus is None else num_cpus
+    options.pop("num_cpus", None)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)
+        ray.init(**options)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **quiet)
+        ray.init(address="local", num_cpus=local_cpus, include_dashboard=dashboard, **options)
+    for hook in AFTER_RAY_INIT:
+        hook()
 
 
 def cluster_resources() -> tuple[float, float]:

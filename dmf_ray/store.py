@@ -3,21 +3,27 @@
 Layout of a store directory (local or any pyarrow filesystem, e.g. s3://bucket/store)::
 
     manifest.json                       format version, modalities (encoder specs), versions
-    molecules/<shard>.parquet           one row per valid input row: mol_id, smiles, source, row, source_id
-    failures/<shard>.parquet            one row per input row that did not parse: source, row, input, reason
-    modalities/<name>/<shard>--<h>.parquet   mol_id, embedding (fixed_size_list, null if the encoder
-                                        failed on that molecule), error; each mol_id at most once
-    _commits/inputs/<shard>.json        written last for a shard: its molecules+failures are complete
-    _commits/modality=<name>/<shard>.json   the shard's rows of that modality are complete
+    molecules/<shard>~<run>.parquet     one row per valid input row: mol_id, smiles, source, row, source_id
+    failures/<shard>~<run>.parquet      one row per input row that did not parse: source, row, input, reason
+    modalities/<name>/<shard>~<run>--<h>.parquet   mol_id, embedding (fixed_size_list, null if the
+                                        encoder failed on that molecule), error; each mol_id at most once
+    _commits/inputs/<shard>~<run>.json  written last for a shard: its molecules+failures are complete
+                                        (source, file key, last chunk of its file?, row counts)
+    _commits/modality=<name>/<shard>~<run>.json   the shard's rows of that modality are complete
+    _runs/lease.json, _runs/<run>.json  the run allowed to commit; what a fenced run committed
 
-A shard is a fixed chunk of one input file (see ``inputs``). Every file is written atomically and
-a shard's commit marker is written after its files, so readers only trust committed shards and a
-rerun of a crashed run deletes uncommitted leftovers and redoes exactly the missing shards.
+A shard is a fixed chunk of one version of an input file (see ``inputs``: its key follows the
+file's path and content). Every file is written atomically and a shard's commit marker is written
+after its files, so readers only trust committed shards and a rerun of a crashed run deletes
+uncommitted leftovers and redoes exactly the missing shards. Only the run holding the lease can
+commit (``store_commits``). A new version of an input file replaces the old version's shards.
+Format version 2 (ids from the stable canonical SMILES, run-scoped names) cannot read version 1.
 Each modality covers its own subset of molecules (partially paired); reads join them on mol_id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from typing import Any
@@ -32,9 +38,12 @@ from dmf_ray import __version__
 from dmf_ray.files import exists, join, list_files, pafs, read_json, resolve, write_json, write_parquet
 from dmf_ray.modalities import ModalityBatch, embedding_matrix
 from dmf_ray.molecules import ID_SCHEME
+from dmf_ray.store_commits import CommitLog, LeaseLostError, split_name
+
+__all__ = ["EmbeddingStore", "StoreError", "LeaseLostError", "modality_table", "INPUTS_TABLE"]
 
 FORMAT = "dmf_ray.store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: molecule ids from the stable canonical SMILES; run-scoped file names
 DEFAULT_SHARD_ROWS = 20_000
 INPUTS_TABLE = "inputs"
 
@@ -77,14 +86,16 @@ def embedding_array(values: np.ndarray, valid: np.ndarray) -> pa.Array:
 
 
 class EmbeddingStore:
-    def __init__(self, uri: str, manifest: dict[str, Any]):
+    def __init__(self, uri: str, manifest: dict[str, Any], run: str | None = None):
         self.uri = uri
         self.fs, self.root = resolve(uri)
         self.manifest = manifest
+        # Commits go through the log, under ``run`` (a featurize run's id; None: read only).
+        self.log = CommitLog(self.fs, self.root, run)
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, uri: str) -> "EmbeddingStore":
+    def open(cls, uri: str, run: str | None = None) -> "EmbeddingStore":
         fs, root = resolve(uri)
         path = join(root, "manifest.json")
         if not exists(fs, path):
@@ -96,12 +107,17 @@ class EmbeddingStore:
         if manifest.get("format") != FORMAT:
             raise StoreError(f"{uri}: manifest.json is not a dmf_ray store manifest")
         version = manifest.get("format_version")
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise StoreError(
+                f"{uri}: store format version {version} was written by an older dmf_ray whose molecule ids "
+                f"can differ (this dmf_ray {__version__} writes version {FORMAT_VERSION}); featurize into a new store"
+            )
         if version != FORMAT_VERSION:
             raise StoreError(
                 f"{uri}: store format version {version} is not supported by dmf_ray {__version__} "
                 f"(it reads version {FORMAT_VERSION})"
             )
-        return cls(uri, manifest)
+        return cls(uri, manifest, run)
 
     @classmethod
     def open_or_create(cls, uri: str, shard_rows: int = DEFAULT_SHARD_ROWS) -> "EmbeddingStore":
@@ -147,17 +163,11 @@ class EmbeddingStore:
     def shard_rows(self) -> int:
         return int(self.manifest["shard_rows"])
 
-    def molecules_path(self, shard: str) -> str:
-        return self._path("molecules", f"{shard}.parquet")
-
-    def failures_path(self, shard: str) -> str:
-        return self._path("failures", f"{shard}.parquet")
-
     def modality_dir(self, name: str) -> str:
         return self._path("modalities", name)
 
-    def commit_dir(self, table: str) -> str:
-        return self._path("_commits", table)
+    def _data_path(self, folder: str, shard: str) -> str:
+        return self._path(folder, f"{shard}~{self.log.run}.parquet")
 
     def register_modalities(self, specs: dict[str, dict[str, Any]]) -> None:
         """Add modalities to the manifest; refuse to mix two encoders under one name."""
@@ -185,45 +195,103 @@ class EmbeddingStore:
                 f"{self.uri}: no modality {', '.join(map(repr, missing))} (stored: {', '.join(self.modalities) or 'none'})"
             )
 
-    # ---- commits -------------------------------------------------------------------------
+    # ---- runs and commits ----------------------------------------------------------------
+    def tables(self) -> list[str]:
+        return [INPUTS_TABLE, *(modality_table(m) for m in self.modalities)]
+
+    def begin_run(self) -> str:
+        """Take the write lease for a new featurize run, fencing the previous run (see
+        ``dmf_ray.store_commits``: its actors can no longer commit); returns the run id."""
+        return self.log.begin_run(self.tables())
+
     def committed(self, table: str) -> dict[str, dict[str, Any]]:
         """Shard key -> commit record for one table (``inputs`` or ``modality=<name>``)."""
-        out = {}
-        for path in list_files(self.fs, self.commit_dir(table), ".json"):
-            out[path.rsplit("/", 1)[-1][: -len(".json")]] = read_json(self.fs, path)
-        return out
+        return self.log.records(table)
 
     def committed_keys(self, table: str) -> set[str]:
-        return {p.rsplit("/", 1)[-1][: -len(".json")] for p in list_files(self.fs, self.commit_dir(table), ".json")}
+        return set(self.log.counted(table))
 
     def commit(self, table: str, shard: str, record: dict[str, Any]) -> None:
-        write_json(self.fs, join(self.commit_dir(table), f"{shard}.json"), record)
+        """Raises LeaseLostError when another run holds the lease."""
+        self.log.commit(table, shard, record)
+
+    def _counted_files(self, folder: str, table: str) -> list[str]:
+        counted = {(shard, run) for shard, (run, _) in self.log.counted(table).items()}
+        return [f for f in list_files(self.fs, folder, ".parquet") if split_name(f) in counted]
 
     def modality_files(self, name: str, committed_only: bool = True) -> list[str]:
-        files = list_files(self.fs, self.modality_dir(name), ".parquet")
         if not committed_only:
-            return files
-        done = self.committed_keys(modality_table(name))
-        return [f for f in files if _shard_of(f) in done]
+            return list_files(self.fs, self.modality_dir(name), ".parquet")
+        return self._counted_files(self.modality_dir(name), modality_table(name))
 
     def committed_files(self, folder: str) -> list[str]:
         """Parquet files of ``molecules`` or ``failures`` whose shard is committed."""
-        done = self.committed_keys(INPUTS_TABLE)
-        return [f for f in list_files(self.fs, self._path(folder), ".parquet") if _shard_of(f) in done]
+        return self._counted_files(self._path(folder), INPUTS_TABLE)
 
     def remove_uncommitted(self) -> int:
-        """Delete files a crashed run left without a commit marker; returns how many."""
+        """Delete markers and files no counted commit vouches for (a crashed or fenced run's
+        leftovers); returns how many. Only the run holding the lease calls this."""
         removed = 0
-        done_inputs = self.committed_keys(INPUTS_TABLE)
-        folders = [(self._path("molecules"), done_inputs), (self._path("failures"), done_inputs)]
-        folders += [(self.modality_dir(m), self.committed_keys(modality_table(m))) for m in self.modalities]
-        for folder, done in folders:
+        for table in self.tables():
+            for path in self.log.uncounted_markers(table):
+                self.fs.delete_file(path)
+                removed += 1
+        folders = [(self._path("molecules"), INPUTS_TABLE), (self._path("failures"), INPUTS_TABLE)]
+        folders += [(self.modality_dir(m), modality_table(m)) for m in self.modalities]
+        for folder, table in folders:
+            counted = {(shard, run) for shard, (run, _) in self.log.counted(table).items()}
             for path in list_files(self.fs, folder):
-                name = path.rsplit("/", 1)[-1]
-                if name.startswith(".tmp-") or _shard_of(path) not in done:
+                if path.rsplit("/", 1)[-1].startswith(".tmp-") or split_name(path) not in counted:
                     self.fs.delete_file(path)
                     removed += 1
         return removed
+
+    def supersede(self, current: dict[str, str]) -> dict[str, int]:
+        """Retract the input shards of each source (``{source: file key}``) that belong to
+        another version of that file; returns the count per source. Their modality rows stay
+        until ``deduplicate`` drops the molecules no current shard holds."""
+        replaced: dict[str, int] = {}
+        for shard, record in self.committed(INPUTS_TABLE).items():
+            source = record.get("source")
+            if source in current and record.get("file") != current[source]:
+                self.log.retract(INPUTS_TABLE, shard)
+                replaced[source] = replaced.get(source, 0) + 1
+        return replaced
+
+    # ---- writes (the featurize run holding the lease) --------------------------------------
+    def write_inputs(self, shard: str, *, source: str, file: str, last: bool, inputs: int,
+                     molecules: dict[str, list], failures: list[tuple[int, str | None, str]]) -> None:
+        """Write a shard's molecules (columns of MOLECULES_SCHEMA but ``source``) and failures
+        ((row, input, reason)), then commit them; ``inputs`` = rows read = molecules + failures."""
+        valid = len(molecules["mol_id"])
+        if valid + len(failures) != inputs:
+            raise ValueError(f"shard {shard}: {valid} molecules + {len(failures)} failures != {inputs} inputs")
+        table = pa.table({**molecules, "source": [source] * valid}, schema=MOLECULES_SCHEMA)
+        write_parquet(self.fs, self._data_path("molecules", shard), table, dictionary=DICTIONARY_COLUMNS)
+        if failures:
+            rows, texts, reasons = zip(*failures)
+            ftable = pa.table({"source": [source] * len(failures), "row": list(rows), "input": list(texts),
+                               "reason": list(reasons)}, schema=FAILURES_SCHEMA)
+            write_parquet(self.fs, self._data_path("failures", shard), ftable, dictionary=DICTIONARY_COLUMNS)
+        self.commit(INPUTS_TABLE, shard, {"source": source, "file": file, "last": bool(last), "inputs": int(inputs),
+                                          "valid": valid, "failed": len(failures)})
+
+    def write_modality_part(self, name: str, shard: str, ids: list[str], values: np.ndarray,
+                            errors: list[str | None]) -> None:
+        """One Parquet part of modality ``name`` for some of a shard's molecules: ``values``
+        [len(ids), dim] in the modality's dtype, ``errors`` None or why that row has no vector.
+        Named by its content, so a retried task rewrites the same file instead of adding one."""
+        spec = self.modalities[name]
+        valid = np.array([e is None for e in errors], dtype=bool)
+        table = pa.table({"mol_id": pa.array(ids, pa.string()),
+                          "embedding": embedding_array(np.asarray(values, dtype=spec["dtype"]), valid),
+                          "error": pa.array(errors, pa.string())}, schema=modality_schema(spec["dtype"], spec["dim"]))
+        digest = hashlib.blake2b("".join(ids).encode(), digest_size=8).hexdigest()
+        path = join(self.modality_dir(name), f"{shard}~{self.log.run}--{digest}.parquet")
+        write_parquet(self.fs, path, table, dictionary=DICTIONARY_COLUMNS)
+
+    def commit_modality(self, name: str, shard: str, rows: int) -> None:
+        self.commit(modality_table(name), shard, {"rows": int(rows)})
 
     # ---- reads ---------------------------------------------------------------------------
     def _read(self, files: list[str], columns: list[str], schema: pa.Schema) -> pa.Table:
@@ -363,16 +431,19 @@ class EmbeddingStore:
 
     # ---- maintenance ---------------------------------------------------------------------
     def deduplicate(self, name: str) -> int:
-        """Keep one row per mol_id in a modality (the first in file order); returns rows removed.
+        """Keep one row per mol_id in a modality (the first in file order), and only molecules
+        some committed input shard holds; returns rows removed.
 
         Two shards of one run can hold the same molecule (it was in two files); neither knew
-        of the other while encoding. Both rows hold the same vector, so either may stay."""
+        of the other while encoding. Both rows hold the same vector, so either may stay. A
+        replaced version of an input file can leave vectors of molecules no shard holds now."""
         files = self.modality_files(name)
         if not files:
             return 0
         ids = [pq.read_table(f, filesystem=self.fs, columns=["mol_id"]).column("mol_id") for f in files]
         all_ids = pd.Index(np.concatenate([c.to_numpy(zero_copy_only=False) for c in ids]) if ids else [])
-        duplicated = all_ids.duplicated(keep="first")
+        current = self.molecules_table(["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
+        duplicated = all_ids.duplicated(keep="first") | ~all_ids.isin(current)
         if not duplicated.any():
             return 0
         spec = self.modalities[name]
@@ -398,8 +469,3 @@ def _paired_batch(batch: pa.Table, dims: dict[str, int]) -> dict[str, np.ndarray
 def encoder_identity(spec: dict[str, Any]) -> dict[str, Any]:
     """What must match for two specs to give the same vectors (not the class path or resources)."""
     return {k: spec.get(k) for k in ("encoder", "args", "dim", "dtype", "version")}
-
-
-def _shard_of(path: str) -> str:
-    name = path.rsplit("/", 1)[-1]
-    return name.split("--", 1)[0].removesuffix(".parquet")

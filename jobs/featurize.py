@@ -12,7 +12,7 @@ from dmf_ray import cli
 
 def main(argv: list[str] | None = None) -> int:
     """Same arguments as `dmf featurize`; inside a job, Ray attaches to the cluster it runs on."""
-    return cli.main(["featurize", *(sys.argv[1:] if argv is None else argv)])
+    return cli.main(["featurize", *(sys.argv[1:] if argv is None else argv)], own_process=argv is None)
 
 
 if __name__ == "__main__":

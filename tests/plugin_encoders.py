@@ -65,3 +65,49 @@ class CrashWhenArmed(Encoder):
 
     def encode_one(self, molecule):
         return np.array([min(255, molecule.mol.GetNumAtoms()), 1, 2, 3], dtype=np.uint8)
+
+
+@register("test-torch")
+class TorchProjection(Encoder):
+    """A small torch model: atom-type counts through a fixed random two-layer network (float32).
+
+    Not inline, batched, and big enough per batch ([n, 256] activations) that torch runs its
+    ops on the OpenMP thread pool: the kind of encoder that hung `dmf evaluate` when a pool was
+    forked after the parent had used torch (issue 13).
+    """
+
+    dtype = "float32"
+    default_batch_size = 512
+    _ELEMENTS = ("C", "N", "O", "S", "F", "Cl", "Br", "I", "P")
+
+    @property
+    def dim(self) -> int:
+        return 16
+
+    def encode(self, molecules):
+        import torch
+
+        from dmf_ray.encoders import EncodedBatch
+
+        counts = torch.tensor([[sum(a.GetSymbol() == e for a in m.mol.GetAtoms()) for e in self._ELEMENTS]
+                               for m in molecules], dtype=torch.float32).reshape(len(molecules), len(self._ELEMENTS))
+        gen = torch.Generator().manual_seed(0)
+        w1 = torch.randn(len(self._ELEMENTS), 256, generator=gen)
+        w2 = torch.randn(256, self.dim, generator=gen) / 16
+        with torch.no_grad():
+            values = torch.tanh(torch.tanh(counts @ w1) @ w2).numpy()
+        return EncodedBatch(values, [None] * len(molecules))
+
+
+@register("test-slow-inline")
+class SlowInline(NoNitrogen):
+    """20 ms a molecule, inline, never failing: keeps parse actors busy long enough to kill a
+    featurize driver while they still work."""
+
+    inline = True
+
+    def encode_one(self, molecule):
+        import time
+
+        time.sleep(0.02)
+        return np.zeros(3, dtype=np.float32)

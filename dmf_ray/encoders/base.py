@@ -152,6 +152,10 @@ class Encoder:
     # at a time through ``encode_one``. False (the default, and right for models and plugins)
     # gives the encoder an actor pool of its own.
     inline: ClassVar[bool] = False
+    # Heavy atoms above which the encoder refuses a molecule (that modality is then absent, with
+    # the reason): bounds the cost of one molecule. Built-ins set it from their measured cost
+    # curve (README, "Molecule size limits"); None: no limit.
+    max_heavy_atoms: ClassVar[int | None] = None
 
     def __init__(self, **args: Any):
         self.args = dict(args)
@@ -177,6 +181,9 @@ class Encoder:
     def encode_into(self, molecule: Molecule, row: np.ndarray) -> str | None:
         """Encode one molecule into ``row`` (a zeroed row of a batch). Returns None, or the
         reason it failed, the row then left zero: one molecule's failure never fails a batch."""
+        refused = size_refusal(self, molecule)
+        if refused is not None:
+            return refused
         try:
             row[...] = self.encode_one(molecule)
         except MoleculeRefused as exc:
@@ -231,6 +238,18 @@ class Encoder:
     def spec(self) -> dict[str, Any]:
         """``encoder_spec()`` as the JSON-ready dict the store manifest and model card record."""
         return self.encoder_spec().to_manifest()
+
+
+def size_refusal(encoder: Encoder, molecule: Molecule) -> str | None:
+    """The reason ``encoder`` refuses ``molecule`` for its size (more heavy atoms than the
+    encoder's ``max_heavy_atoms``), or None. Batched ``encode`` overrides call it per molecule."""
+    limit = encoder.max_heavy_atoms
+    if limit is None:
+        return None
+    atoms = molecule.mol.GetNumHeavyAtoms()
+    if atoms <= limit:
+        return None
+    return f"{encoder.name}: {atoms:,} heavy atoms exceeds the encoder's limit of {limit:,}"
 
 
 def register(alias: str):

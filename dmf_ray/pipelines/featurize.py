@@ -21,7 +21,6 @@ other) and the second row is removed at the end (``EmbeddingStore.deduplicate``)
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -32,21 +31,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from dmf_ray.files import join, write_parquet
 from dmf_ray.encoders import DEFAULT_ENCODERS, Encoder, encoder_from_option, encoder_from_spec
-from dmf_ray.inputs import InputFile, discover_inputs, read_chunks
+from dmf_ray.encoders.base import size_refusal
+from dmf_ray.inputs import InputError, InputFile, check_readable, discover_inputs, read_chunks
 from dmf_ray.runtime import actor_cpus
 from dmf_ray.molecules import InvalidSmilesError, Molecule, iter_parsed, mol_from_bytes, mol_to_bytes
-from dmf_ray.store import (
-    DICTIONARY_COLUMNS,
-    FAILURES_SCHEMA,
-    INPUTS_TABLE,
-    MOLECULES_SCHEMA,
-    EmbeddingStore,
-    embedding_array,
-    modality_schema,
-    modality_table,
-)
+from dmf_ray.store import INPUTS_TABLE, EmbeddingStore, modality_table
 
 ID_DTYPE = "S24"  # molecule ids as fixed-width bytes: compact and fast to search
 
@@ -61,6 +51,7 @@ class FeaturizeResult:
     encoded: dict[str, int]
     duplicates_removed: dict[str, int]
     seconds: float
+    nothing_to_do: bool = False
 
 
 def resolve_encoders(options: list[str] | tuple[str, ...]) -> dict[str, Encoder]:
@@ -87,16 +78,18 @@ READ_TASK_MEMORY = 256 << 20
 # A write task's worker with pooled encoders (measured 167-186 MiB in benchmarks/bench_neural.py,
 # where Ray Data's memory detector flagged it undeclared).
 WRITE_TASK_MEMORY = 256 << 20
-SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("source", pa.string()), ("rows", pa.list_(pa.int64())),
-                          ("smiles", pa.list_(pa.string())), ("source_id", pa.list_(pa.string()))])
+SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("source", pa.string()), ("file", pa.string()), ("last", pa.bool_()),
+                          ("rows", pa.list_(pa.int64())), ("smiles", pa.list_(pa.string())),
+                          ("source_id", pa.list_(pa.string())), ("problem", pa.list_(pa.string()))])
 
 
 def _read_stage(batch: dict[str, np.ndarray], chunk_rows: int, skip: set[str]):
     for payload in batch["file"]:
         file = InputFile(**payload)
         for chunk in read_chunks(file, chunk_rows, skip):
-            yield pa.table({"shard": [chunk.shard], "source": [chunk.source], "rows": [chunk.rows],
-                            "smiles": [chunk.smiles], "source_id": [chunk.ids]}, schema=SHARD_SCHEMA)
+            yield pa.table({"shard": [chunk.shard], "source": [chunk.source], "file": [file.key], "last": [chunk.last],
+                            "rows": [chunk.rows], "smiles": [chunk.smiles], "source_id": [chunk.ids],
+                            "problem": [chunk.problems]}, schema=SHARD_SCHEMA)
 
 
 # ---- stage 2: parse (and inline encoders) -------------------------------------------------
@@ -135,9 +128,9 @@ class _ParseStage:
     A modality needs a molecule when it is the shard's first occurrence of that molecule, the
     store lacks it for that modality, and the (shard, modality) is not committed yet."""
 
-    def __init__(self, store_uri: str, specs: dict[str, dict[str, Any]], inline: list[str],
+    def __init__(self, store_uri: str, run: str, specs: dict[str, dict[str, Any]], inline: list[str],
                  known_ids: dict[str, np.ndarray], inputs_done: set[str], modality_done: dict[str, set[str]]):
-        self.store = EmbeddingStore.open(store_uri)
+        self.store = EmbeddingStore.open(store_uri, run=run)
         self.specs = specs
         self.inline = {name: encoder_from_spec(specs[name]) for name in inline}
         self.pooled = [name for name in specs if name not in self.inline]
@@ -152,8 +145,9 @@ class _ParseStage:
         outputs = [self.parse_shard(**shard) for shard in batch.to_pylist()]
         return pa.concat_tables(outputs) if outputs else self.output_schema().empty_table()
 
-    def parse_shard(self, shard: str, source: str, rows: list[int], smiles: list[str | None],
-                    source_id: list[str | None]) -> pa.Table:
+    def parse_shard(self, shard: str, source: str, file: str, last: bool, rows: list[int], smiles: list[str | None],
+                    source_id: list[str | None], problem: list[str | None]) -> pa.Table:
+        self.store.log.check_lease()  # a fenced run's actor stops before doing the work
         open_names = [name for name in self.specs if shard not in self.modality_done[name]]
         inline = {name: _InlineModality(self.inline[name], len(smiles)) for name in open_names if name in self.inline}
         pooled = [name for name in open_names if name not in self.inline]
@@ -161,7 +155,12 @@ class _ParseStage:
         failures: list[tuple[int, str | None, str]] = []
         to_pool: list[tuple[str, str, bytes, list[bool]]] = []  # molecules some pooled encoder needs
         seen: set[str] = set()
+        if any(problem):  # malformed rows are failures as read; the parser never sees them
+            failures = [(rows[i], smiles[i], p) for i, p in enumerate(problem) if p]
+            smiles = [None if p else s for s, p in zip(smiles, problem)]
         for i, parsed in enumerate(iter_parsed(smiles)):
+            if problem[i]:
+                continue
             if isinstance(parsed, InvalidSmilesError):
                 failures.append((rows[i], smiles[i], parsed.reason))
                 continue
@@ -177,46 +176,26 @@ class _ParseStage:
             if any(need):
                 to_pool.append((parsed.mol_id, parsed.smiles, mol_to_bytes(parsed.mol), need))
         if shard not in self.inputs_done:
-            self.write_inputs(shard, source, rows, source_id, parsed_rows, failures)
+            self.store.write_inputs(
+                shard, source=source, file=file, last=last, inputs=len(rows), failures=sorted(failures),
+                molecules={"mol_id": [m for _, m, _ in parsed_rows], "smiles": [c for _, _, c in parsed_rows],
+                           "row": [rows[i] for i, _, _ in parsed_rows], "source_id": [source_id[i] for i, _, _ in parsed_rows]})
         written = {name: self.write_inline(shard, name, out) for name, out in inline.items()}
         expected = {name: sum(row[3][k] for row in to_pool) for k, name in enumerate(pooled)}
         for name, count in {**written, **expected}.items():
             if count == 0:  # nothing to add: the shard is complete for this modality
-                self.store.commit(modality_table(name), shard, {"rows": 0})
+                self.store.commit_modality(name, shard, 0)
         if not self.pooled:
             status = {name: count for name, count in written.items() if count}
             return pa.table({"shard": [shard] * len(status), "modality": list(status),
                              "rows": list(status.values()), "expected": list(status.values())}, schema=STATUS_SCHEMA)
         return self.molecules_to_encode(shard, to_pool, pooled, expected)
 
-    def write_inputs(self, shard: str, source: str, rows: list[int], source_id: list[str | None],
-                     parsed_rows: list[tuple[int, str, str]], failures: list[tuple[int, str | None, str]]) -> None:
-        table = pa.table(
-            {
-                "mol_id": pa.array([mol_id for _, mol_id, _ in parsed_rows], pa.string()),
-                "smiles": pa.array([smiles for _, _, smiles in parsed_rows], pa.string()),
-                "source": pa.array([source] * len(parsed_rows), pa.string()),
-                "row": pa.array([rows[i] for i, _, _ in parsed_rows], pa.int64()),
-                "source_id": pa.array([source_id[i] for i, _, _ in parsed_rows], pa.string()),
-            },
-            schema=MOLECULES_SCHEMA,
-        )
-        write_parquet(self.store.fs, self.store.molecules_path(shard), table, dictionary=DICTIONARY_COLUMNS)
-        if failures:
-            frows, finputs, freasons = zip(*failures)
-            ftable = pa.table(
-                {"source": [source] * len(failures), "row": list(frows), "input": list(finputs), "reason": list(freasons)},
-                schema=FAILURES_SCHEMA,
-            )
-            write_parquet(self.store.fs, self.store.failures_path(shard), ftable, dictionary=DICTIONARY_COLUMNS)
-        record = {"source": source, "inputs": len(rows), "valid": len(parsed_rows), "failed": len(failures)}
-        self.store.commit(INPUTS_TABLE, shard, record)
-
     def write_inline(self, shard: str, name: str, out: _InlineModality) -> int:
         """Write and commit the shard's part of an inline modality; returns its row count."""
         if out.ids:
-            _write_part(self.store, name, self.specs[name], shard, out.ids, out.values[: len(out.ids)], out.errors)
-            self.store.commit(modality_table(name), shard, {"rows": len(out.ids)})
+            self.store.write_modality_part(name, shard, out.ids, out.values[: len(out.ids)], out.errors)
+            self.store.commit_modality(name, shard, len(out.ids))
         return len(out.ids)
 
     def molecules_to_encode(self, shard: str, to_pool: list[tuple[str, str, bytes, list[bool]]], pooled: list[str],
@@ -251,13 +230,18 @@ class EncodeStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         need = batch[f"need__{self.name}"].astype(bool)
-        index = np.flatnonzero(need)
-        molecules = [
-            Molecule(batch["mol_id"][i], batch["smiles"][i], mol_from_bytes(batch["mol"][i])) for i in index
-        ]
         values = np.zeros((len(need), self.encoder.dim), dtype=self.encoder.dtype)
         # "" = no error: Ray turns an all-None object column into floats between stages.
         errors = np.full(len(need), "", dtype=object)
+        molecules, index = [], []
+        for i in np.flatnonzero(need):
+            molecule = Molecule(batch["mol_id"][i], batch["smiles"][i], mol_from_bytes(batch["mol"][i]))
+            refused = size_refusal(self.encoder, molecule)  # a batched encode() may not check it
+            if refused is None:
+                molecules.append(molecule)
+                index.append(i)
+            else:
+                errors[i] = refused
         if molecules:
             encoded = self.encoder.encode(molecules)
             values[index] = encoded.values
@@ -268,26 +252,8 @@ class EncodeStage:
 
 
 # ---- stage 4: write -----------------------------------------------------------------------
-def _write_part(store: EmbeddingStore, name: str, spec: dict[str, Any], shard: str, ids, values: np.ndarray,
-                errors: list[str | None]) -> None:
-    """One Parquet part of a modality for some of a shard's molecules; the file is atomic."""
-    valid = np.array([e is None for e in errors], dtype=bool)
-    table = pa.table(
-        {
-            "mol_id": pa.array(ids, pa.string()),
-            "embedding": embedding_array(np.asarray(values, dtype=spec["dtype"]), valid),
-            "error": pa.array(errors, pa.string()),
-        },
-        schema=modality_schema(spec["dtype"], spec["dim"]),
-    )
-    # Named by content: a retried task rewrites the same file instead of adding one.
-    digest = hashlib.blake2b("".join(ids).encode(), digest_size=8).hexdigest()
-    write_parquet(store.fs, join(store.modality_dir(name), f"{shard}--{digest}.parquet"), table,
-                         dictionary=DICTIONARY_COLUMNS)
-
-
-def _write_stage(batch: dict[str, np.ndarray], store_uri: str, specs: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
-    store = EmbeddingStore.open(store_uri)
+def _write_stage(batch: dict[str, np.ndarray], store_uri: str, run: str, specs: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    store = EmbeddingStore.open(store_uri, run=run)
     status = defaultdict(list)
     shards = batch["shard"]
     for name, spec in specs.items():
@@ -295,7 +261,7 @@ def _write_stage(batch: dict[str, np.ndarray], store_uri: str, specs: dict[str, 
         for shard in dict.fromkeys(shards[need]):
             rows = np.flatnonzero(need & (shards == shard))
             errors = [str(e) or None for e in batch[f"err__{name}"][rows]]
-            _write_part(store, name, spec, shard, list(batch["mol_id"][rows]), batch[f"emb__{name}"][rows], errors)
+            store.write_modality_part(name, str(shard), list(batch["mol_id"][rows]), batch[f"emb__{name}"][rows], errors)
             status["shard"].append(shard)
             status["modality"].append(name)
             status["rows"].append(len(rows))
@@ -355,7 +321,7 @@ def _build_pipeline(
         # never grew, so one core did all the work.
         compute=ray.data.ActorPoolStrategy(size=_parse_pool_size(files, store.shard_rows, cpus),
                                            max_tasks_in_flight_per_actor=1),
-        fn_constructor_kwargs={"store_uri": store_uri, "specs": specs, "inline": inline, "known_ids": known,
+        fn_constructor_kwargs={"store_uri": store_uri, "run": store.log.run, "specs": specs, "inline": inline, "known_ids": known,
                                "inputs_done": inputs_done, "modality_done": modality_done},
     )
     for name, encoder in pooled.items():
@@ -372,7 +338,7 @@ def _build_pipeline(
         )
     if pooled:
         ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05, memory=WRITE_TASK_MEMORY,
-                            fn_kwargs={"store_uri": store_uri, "specs": {n: specs[n] for n in pooled}})
+                            fn_kwargs={"store_uri": store_uri, "run": store.log.run, "specs": {n: specs[n] for n in pooled}})
     return ds
 
 
@@ -394,7 +360,7 @@ def _commit_statuses(
             written[key] += int(rows)
             vectors += int(rows)
             if key[1] in pooled and written[key] == expected:
-                store.commit(modality_table(key[1]), key[0], {"rows": int(expected)})
+                store.commit_modality(key[1], key[0], int(expected))
             elif written[key] > expected:
                 raise RuntimeError(f"shard {key[0]} got {written[key]} rows of {key[1]}, expected {expected}")
         if time.time() - last_log > progress_interval_s:
@@ -403,6 +369,49 @@ def _commit_statuses(
             log(f"featurize: {vectors:,} vectors written for {shards_done} shard(s) "
                 f"({vectors / max(1e-9, last_log - started):,.0f} vectors/s)")
     return written
+
+
+def _files_to_do(store: EmbeddingStore, files: list[InputFile], names: list[str]) -> tuple[list[InputFile], int]:
+    """The files some shard of which is missing (in the inputs table or a modality), and the
+    count of shards already complete. A file is complete when its last chunk and every chunk
+    before it are committed everywhere: known from the commits alone, before Ray starts."""
+    inputs = store.committed(INPUTS_TABLE)
+    complete = set(inputs).intersection(*(store.committed_keys(modality_table(n)) for n in names if n in store.modalities))
+    if any(n not in store.modalities for n in names):
+        complete = set()
+    todo, done = [], 0
+    for file in files:
+        mine = {k: r for k, r in inputs.items() if k.rsplit("-", 1)[0] == file.key}
+        last = [int(k.rsplit("-", 1)[1]) for k, r in mine.items() if r.get("last")]
+        if last and all(file.chunk_key(i) in complete for i in range(last[0] + 1)):
+            done += last[0] + 1
+        else:
+            todo.append(file)
+            done += sum(k in complete for k in mine)
+    return todo, done
+
+
+def _unwrap_input_error(exc: BaseException) -> InputError | None:
+    # A read task's InputError reaches the driver wrapped in Ray's task error: give the user the
+    # one line, not the remote traceback.
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, InputError):
+            return InputError(str(seen).strip().splitlines()[-1].split("InputError: ", 1)[-1])
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
+def _prepare_run(store: EmbeddingStore, files: list[InputFile], log: Callable[[str], None]) -> None:
+    """Take the store's lease (fencing a previous run's writers), replace the shards of input
+    files that changed, and delete what no commit vouches for."""
+    store.begin_run()
+    replaced = store.supersede({f.source: f.key for f in files})
+    for source, count in replaced.items():
+        log(f"{source} changed since it was featurized: its {count} old shard(s) are replaced")
+    removed = store.remove_uncommitted()
+    if removed:
+        log(f"removed {removed} uncommitted file(s) left by an interrupted run")
 
 
 def featurize(
@@ -414,21 +423,46 @@ def featurize(
     shard_rows: int | None = None,
     log: Callable[[str], None] = print,
     progress_interval_s: float = 10.0,
+    format: str | None = None,
+    start_ray: Callable[[], None] | None = None,
 ) -> FeaturizeResult:
-    """Featurise input files into the store; see the module docstring. Needs Ray running
-    (``dmf_ray.runtime.ensure_ray``)."""
-    from dmf_ray.runtime import cluster_resources, pipeline_actors_killed_on_failure
+    """Featurise input files into the store; see the module docstring. ``start_ray`` is called
+    once there is work to do (default: Ray must be running, ``dmf_ray.runtime.ensure_ray``).
 
+    Raises InputError (one line naming the file) for an input that cannot be read whole, before
+    anything of it is stored."""
     started = time.time()
-    files = discover_inputs(list(inputs), smiles_column, id_column)
+    files = discover_inputs(list(inputs), smiles_column, id_column, format)
     chosen = resolve_encoders(encoders)
     store = EmbeddingStore.open_or_create(store_uri, **({"shard_rows": shard_rows} if shard_rows else {}))
     if shard_rows and shard_rows != store.shard_rows:
         log(f"note: this store cuts inputs into shards of {store.shard_rows} rows (set when it was created)")
+    names = list(chosen)
+    todo, done = _files_to_do(store, files, names)
+    if not todo:
+        log(f"nothing to do: {done}/{done} shards already committed")
+        return FeaturizeResult(store_uri, names, 0, 0, 0, {n: 0 for n in names}, {n: 0 for n in names},
+                               time.time() - started, nothing_to_do=True)
+    for file in todo:
+        note = check_readable(file)
+        if note:
+            log(f"note: {note}")
+    if start_ray is not None:
+        start_ray()
     store.register_modalities({name: enc.spec() for name, enc in chosen.items()})
-    removed = store.remove_uncommitted()
-    if removed:
-        log(f"removed {removed} uncommitted file(s) left by an interrupted run")
+    _prepare_run(store, files, log)
+    try:
+        return _run(store, store_uri, todo, chosen, started, log, progress_interval_s)
+    except Exception as exc:
+        error = _unwrap_input_error(exc)
+        if error is not None:
+            raise error from None
+        raise
+
+
+def _run(store: EmbeddingStore, store_uri: str, files: list[InputFile], chosen: dict[str, Encoder], started: float,
+         log: Callable[[str], None], progress_interval_s: float) -> FeaturizeResult:
+    from dmf_ray.runtime import cluster_resources, pipeline_actors_killed_on_failure
 
     names = list(chosen)
     specs = {n: store.modalities[n] for n in names}

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from dmf_ray.artifact import save_fusion_model
-from dmf_ray.pipelines.evaluate.report import FILES, removal_patterns
+from dmf_ray.pipelines.evaluate.protocol import removal_patterns
+from dmf_ray.pipelines.evaluate.report import FILES
 from dmf_ray.model.fusion import DynamicFusion, FusionConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -61,6 +62,11 @@ def setup(ray_session, shared_data, tmp_path_factory):
     model_dir = root / "model"
     save_fusion_model(model_dir, model, card={"modalities": {n: s.modalities[n] for n in NAMES},
                                               "training": {"store": store, "epochs": 0, "note": "random weights"}})
+    # The same model whose maccs encoder declares it was trained on BACE labels (as a pretrained
+    # neural encoder's spec does): every row using maccs is LEAKED on bace.
+    leaky = {n: dict(s.modalities[n]) for n in NAMES}
+    leaky["maccs"]["trained_on"] = {"datasets": ["BACE"], "mol_ids": None}
+    save_fusion_model(root / "model-leaky", model, card={"modalities": leaky, "training": {"store": store}})
     return root, bace, str(model_dir)
 
 
@@ -151,6 +157,26 @@ def test_user_errors_are_one_line(setup, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert _run_job("--model", model_dir, "--task", f"a={bace}", "--task", f"a={bace}", "--out", str(root / "x")) == 2
     assert "repeated: ['a']" in capsys.readouterr().err
+
+
+def test_leaked_rows_and_the_auto_learner(setup, capsys):
+    root, bace, _ = setup
+    out = root / "report_leaky"
+    assert _run_job("--model", str(root / "model-leaky"), "--task", f"bace={bace}", "--out", str(out),
+                    "--seeds", "1", "--learner", "auto", "--robustness", "none", "--n-estimators", "20", "--n-jobs", "1",
+                    "--mask-rates", "0") == 0
+    err = capsys.readouterr().err
+    assert "LEAKED: encoder 'maccs' was trained on BACE" in err and "[bace] maccs " in err
+    assert "not computed: Figure 2: skipped: --robustness none" in err
+    task = json.loads((out / "summary.json").read_text())["tasks"]["bace"]
+    assert set(task["leaked"]) == {"maccs", "ecfp+maccs", "maccs+rdkit2d", "ecfp+maccs+rdkit2d", "fusion"}
+    assert task["best_row"] in ("ecfp", "rdkit2d", "ecfp+rdkit2d")  # leaked rows are never "best"
+    assert set(task["learners"].values()) <= {"rf", "xgboost", "logreg", "mlp"}
+    assert set(task["paper_protocol"]) == set(ROWS)  # XGBoost on frozen features, its own table
+    assert task["not_computed"] == {"Figure 2": "skipped: --robustness none"}
+    report = (out / "report.md").read_text()
+    assert "LEAKED" in report and "## Paper protocol: XGBoost on frozen embeddings" in report
+    assert "| bace | Figure 2 | skipped: --robustness none |" in report
 
 
 def test_benchmark_job_prints_table1_against_the_paper(setup):

@@ -1,21 +1,51 @@
-"""`dmf quickstart`, the README's main job: featurize -> train -> embed RDKit's own molecules, offline."""
+"""`dmf quickstart`, the README's main job: featurize -> train -> embed RDKit's own molecules,
+offline, run as a user runs it (its own process and its own local Ray, output redirected)."""
 
 from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from dmf_ray.artifact import read_model_config
-from dmf_ray.cli import main
 from dmf_ray.encoders import DEFAULT_ENCODERS
 from dmf_ray.store import EmbeddingStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+REPO = Path(__file__).resolve().parents[2]
+# What Ray prints when it is let onto the terminal: progress tables, worker-line prefixes,
+# core-worker log lines, deprecation warnings.
+RAY_NOISE = re.compile(r"Running Dataset|Total Progress|logging_progress|SplitCoordinator|\(\w+ pid=\d+\)|"
+                       r"core_worker\.cc|DeprecationWarning|streaming_executor")
 
-def test_quickstart_accounts_for_every_molecule_rdkit_ships(ray_session, tmp_path, capsys):
-    out = tmp_path / "quickstart"
-    assert main(["quickstart", "--out", str(out), "--epochs", "1"]) == 0
+
+def run_dmf(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "dmf_ray.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_quickstart_is_quiet_and_accounts_for_every_molecule_rdkit_ships(tmp_path):
+    out = tmp_path / "dmf-quickstart"
+    done = run_dmf("quickstart", "--out", str(out), "--epochs", "1", "--num-cpus", "2")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+
+    # Only dmf's own lines: no ERROR line, no Ray progress table or worker lines, no ANSI codes
+    # (the output is redirected here, as in a log file or CI).
+    assert "ERROR" not in output, output
+    assert not RAY_NOISE.search(output), output
+    assert "\x1b[" not in output, repr(output)
+    for marker in ("[1/3] featurize", "[2/3] train", "[3/3] embed", "done:", "epochs 1/1"):
+        assert marker in output, output
+    assert len(output.splitlines()) < 30, output
 
     info = EmbeddingStore.open(str(out / "store")).info()
     assert info["inputs"] > 4_900 and info["inputs"] == info["stored_rows"] + info["failed"]
@@ -30,4 +60,8 @@ def test_quickstart_accounts_for_every_molecule_rdkit_ships(ray_session, tmp_pat
     failed = fused.filter(fused["error"].is_valid())
     assert fused.num_rows == info["inputs"] and failed.num_rows == info["failed"]
     assert all(failed["error"].to_pylist())
-    assert "done:" in capsys.readouterr().err
+
+    # Other settings over a finished quickstart: refused at once (before Ray starts), one line.
+    again = run_dmf("quickstart", "--out", str(out), "--epochs", "2", timeout=120)
+    assert again.returncode == 2
+    assert again.stderr.strip().count("\n") == 0 and "--overwrite" in again.stderr

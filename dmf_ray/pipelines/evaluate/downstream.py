@@ -1,67 +1,40 @@
-"""The downstream learner: one random forest recipe for every row of the comparison table.
+"""Fit a downstream learner on one feature matrix, choose its grid point on valid, score test.
 
-Why a random forest: it is the learner of the reference numbers (``notes/baselines.md``),
-needs no feature scaling (count fingerprints, 0/1 keys, descriptors and dense fused
-vectors are all fed as they are), and is the fastest strong option measured on 2 cores.
-On HIV (32,900 train rows, 2,048 log1p ECFP4 counts, 2 jobs, shared machine):
+The learners and their grids are in :mod:`dmf_ray.pipelines.evaluate.learners`. One grid point
+is chosen per call, shared by all label columns (picked by the mean valid metric over label
+columns), so a multi-task set does not overfit valid per column. ``learner="auto"`` fits every
+available learner that way and keeps the one with the best valid metric (ties: the first in
+:data:`~dmf_ray.pipelines.evaluate.learners.LEARNERS`).
 
-=============================================  ========  =========  ========
-learner                                        fit (s)   valid AUC  test AUC
-=============================================  ========  =========  ========
-RF 100 trees, min_samples_leaf=1                     20      0.823     0.851
-RF 100 trees, min_samples_leaf=3                     20      0.839     0.869
-RF 300 trees, min_samples_leaf=3                     90      0.838     0.871
-ExtraTrees 100 trees                                 72      0.829     0.837
-HistGradientBoosting (early stopping)                19      0.810     0.826
-LogisticRegression (C=0.1, balanced)                  4      0.776     0.848
-=============================================  ========  =========  ========
+Measured for the random forest (HIV, 32,900 train rows, 2,048 log1p ECFP4 counts, 2 jobs,
+shared machine): 100 trees with ``min_samples_leaf=3`` valid 0.839 / test 0.869 ROC-AUC in 20 s;
+300 trees 0.838 / 0.871 in 90 s; ExtraTrees 100 0.829 / 0.837; HistGradientBoosting 0.810 /
+0.826; LogisticRegression (C=0.1, balanced, unscaled) 0.776 / 0.848. Tox21 prefers
+``min_samples_leaf=1``, HIV 3: that is the forest's classification grid.
 
-Tox21 prefers ``min_samples_leaf=1`` (valid 0.855 vs 0.848) where HIV prefers 3, so that is
-the grid for classification, picked on the valid split. For regression (ESOL, RMSE) the
-choice that matters is ``max_features`` (0.33: 0.81, 0.6: 0.77 valid RMSE, sqrt: 0.94), so
-that is the regression grid. One grid point is chosen per call, shared by all label columns
-(picked by the mean valid metric over tasks), so a multi-task set does not overfit valid
-per task.
-
-Trees: ``n_estimators=None`` means 300 trees when the labelled training rows summed over
-tasks are at most 20,000 (small sets: cheap, and less seed noise), else 100 (HIV, Tox21,
-SIDER), where 300 trees gained only ~0.002 AUC for 3x the time. With the grid, one HIV call
-takes about 45 s on 2 cores (0.75x one reference RF-300 fit timed in the same run), so
-15 feature sets x 3 seeds is about 35 minutes; pass ``params=`` (e.g. the params chosen
-for seed 0; a call then takes about 25-30 s) to skip the grid: about 25 minutes.
-
-Multi-task labels: one model per label column, fitted on the rows where that label is
-present. A classification label with a single class among its training rows cannot be
-fitted: its predictions are NaN and the metrics skip it (it is listed in
-``skipped_tasks``). NaN or infinite feature values are imputed with the train column mean
-(0 for a column with no finite value); the counts are reported.
+Multi-task labels: one model per label column, fitted on the rows where that label is present.
+A classification label with a single class among its training rows cannot be fitted: its
+predictions are NaN, the metrics skip it and it is listed in ``skipped_tasks``. NaN or infinite
+feature values are imputed with the train column mean (0 for a column with no finite value);
+the counts are reported.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from dmf_ray.pipelines.evaluate import learners as _learners
 from dmf_ray.pipelines.evaluate import metrics as _metrics
+from dmf_ray.pipelines.evaluate.learners import default_n_estimators
 
-GRIDS: dict[str, list[dict]] = {
-    "classification": [{"min_samples_leaf": 1}, {"min_samples_leaf": 3}],
-    "regression": [{"max_features": 0.33}, {"max_features": 0.6}],
-}
-BASE_PARAMS: dict[str, dict] = {
-    "classification": {"max_features": "sqrt", "min_samples_leaf": 1, "class_weight": "balanced"},
-    "regression": {"max_features": 0.33, "min_samples_leaf": 1},
-}
-SMALL_TASK_ROWS = 20_000
+__all__ = ["default_n_estimators", "fit_and_score", "impute", "score_stacked"]
 
 
-def default_n_estimators(n_labelled_train_rows: int) -> int:
-    """300 trees up to :data:`SMALL_TASK_ROWS` labelled training rows (all tasks), else 100."""
-    return 300 if n_labelled_train_rows <= SMALL_TASK_ROWS else 100
-
-
-def _labels(y, n: int, name: str) -> np.ndarray:
+def _labels(y: Any, n: int, name: str) -> np.ndarray:
     arr = np.asarray(y, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -70,10 +43,12 @@ def _labels(y, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def impute(X_train, *others) -> tuple[list[np.ndarray], list[int]]:
+def impute(X_train: np.ndarray, *others: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
     """float32 copies with NaN/inf replaced by the finite train column mean (0 if none).
 
-    Returns the imputed matrices (train first) and the number of replaced entries in each.
+    ``X_train`` ``[n, d]`` and each of ``others`` ``[k, d]``, any float dtype. Returns the imputed
+    matrices (train first) and the number of replaced entries in each. Raises ValueError for a
+    matrix that is not 2-d, has no columns, or has a different number of columns than train.
     """
     mats = [np.array(X, dtype=np.float32, copy=True) for X in (X_train, *others)]
     for name, X in zip(("X_train", "X_valid", "X_test"), mats):
@@ -100,15 +75,9 @@ def impute(X_train, *others) -> tuple[list[np.ndarray], list[int]]:
     return mats, replaced
 
 
-def _make_model(kind: str, params: dict, seed: int, n_jobs: int):
-    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-
-    cls = RandomForestClassifier if kind == "classification" else RandomForestRegressor
-    return cls(random_state=seed, n_jobs=n_jobs, **params)
-
-
-def _fit_predict(kind, params, seed, n_jobs, X_train, y_train, X_eval) -> tuple[list[np.ndarray], list[int]]:
-    """Predictions ``[n, T]`` for every matrix in ``X_eval``; NaN columns for unfittable tasks."""
+def _fit_predict(learner: str, kind: str, params: dict, seed: int, n_jobs: int, X_train: np.ndarray,
+                 y_train: np.ndarray, X_eval: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """Predictions ``[n, T]`` float64 for every matrix in ``X_eval``; NaN columns for unfittable tasks."""
     n_tasks = y_train.shape[1]
     preds = [np.full((X.shape[0], n_tasks), np.nan) for X in X_eval]
     skipped = []
@@ -118,69 +87,35 @@ def _fit_predict(kind, params, seed, n_jobs, X_train, y_train, X_eval) -> tuple[
         if y.size == 0 or (kind == "classification" and np.unique(y).size < 2):
             skipped.append(t)
             continue
-        model = _make_model(kind, params, seed, n_jobs).fit(X_train[rows], y)
+        point = dict(params)
+        if learner == "mlp" and kind == "classification" and np.bincount(y.astype(np.int64)).min() < 2:
+            point["early_stopping"] = False  # its stratified hold-out needs 2 rows of each class
+        target = y.astype(np.int64) if kind == "classification" else y  # xgboost wants integer classes
+        model = _learners.build(learner, kind, point, seed, n_jobs).fit(X_train[rows], target)
         for P, X in zip(preds, X_eval):
             if X.shape[0] == 0:
                 continue
             if kind == "classification":
-                positive = int(np.flatnonzero(model.classes_ == 1.0)[0])
+                positive = int(np.flatnonzero(model.classes_ == 1)[0])
                 P[:, t] = model.predict_proba(X)[:, positive]
             else:
                 P[:, t] = model.predict(X)
     return preds, skipped
 
 
-def fit_and_score(
-    X_train,
-    y_train,
-    X_valid,
-    y_valid,
-    X_test,
-    y_test,
-    kind: str,
-    seed: int = 0,
-    *,
-    params: dict | None = None,
-    grid: list[dict] | None = None,
-    n_estimators: int | None = None,
-    n_jobs: int = 2,
-    return_predictions: bool = False,
-) -> dict:
-    """Fit the downstream random forest, choose its grid point on valid, score on test.
-
-    ``y_*`` are ``[n]`` or ``[n, T]`` float arrays with NaN for missing labels; ``kind`` is
-    ``"classification"`` (labels 0/1) or ``"regression"``. ``params`` skips the grid and uses
-    exactly these forest params (e.g. ``result["params"]`` of an earlier seed); ``grid``
-    replaces :data:`GRIDS` (each entry updates :data:`BASE_PARAMS`).
-
-    Returns ``{"metric", "test_metric", "valid_metric", "test", "valid", "params", "grid",
-    "selected_on", "skipped_tasks", "n_imputed", "fit_seconds"}`` (+ ``"predictions"``), where
-    ``test``/``valid`` are :func:`dmf_ray.pipelines.evaluate.metrics.score` dicts and ``params`` the
-    chosen forest parameters (JSON-serialisable).
-    """
-    _metrics.check_kind(kind)
-    started = time.perf_counter()
-    (Xtr, Xva, Xte), replaced = impute(X_train, X_valid, X_test)
-    ytr = _labels(y_train, Xtr.shape[0], "y_train")
-    yva = _labels(y_valid, Xva.shape[0], "y_valid")
-    yte = _labels(y_test, Xte.shape[0], "y_test")
-    if not (ytr.shape[1] == yva.shape[1] == yte.shape[1]):
-        raise ValueError(f"label columns differ: train {ytr.shape[1]}, valid {yva.shape[1]}, test {yte.shape[1]}")
+def _fit_one_learner(learner: str, kind: str, data: tuple, seed: int, params: dict | None,
+                     n_estimators: int, n_jobs: int) -> dict[str, Any]:
+    """Grid search of one learner on valid (or exactly ``params``); the winner's scores and predictions."""
+    Xtr, ytr, Xva, yva, Xte, yte = data
     metric = _metrics.primary_metric(kind)
-    if n_estimators is None:
-        n_estimators = default_n_estimators(int((~np.isnan(ytr)).sum()))
-
     if params is not None:
         candidates, selected_on = [dict(params)], "given"
     else:
-        candidates = [
-            {**BASE_PARAMS[kind], "n_estimators": n_estimators, **g} for g in (grid or GRIDS[kind])
-        ]
-        selected_on = "valid"
-    tried = []
+        candidates, selected_on = _learners.grid(learner, kind, n_estimators), "valid"
+    tried: list[dict] = []
     best = None
     for cand in candidates:
-        (p_valid, p_test), skipped = _fit_predict(kind, cand, seed, n_jobs, Xtr, ytr, (Xva, Xte))
+        (p_valid, p_test), skipped = _fit_predict(learner, kind, cand, seed, n_jobs, Xtr, ytr, (Xva, Xte))
         valid_score = _metrics.score(yva, p_valid, kind)
         tried.append({"params": cand, "valid_metric": valid_score[metric]})
         if best is None or _metrics.is_better(valid_score[metric], best[1][metric], metric):
@@ -190,19 +125,94 @@ def fit_and_score(
     if selected_on == "valid" and all(np.isnan(t["valid_metric"]) for t in tried):
         selected_on = "default (valid split not scoreable)"
     test_score = _metrics.score(yte, p_test, kind)
-    out = {
-        "metric": metric,
-        "test_metric": test_score[metric],
-        "valid_metric": valid_score[metric],
-        "test": test_score,
-        "valid": valid_score,
-        "params": chosen,
-        "grid": tried,
-        "selected_on": selected_on,
-        "skipped_tasks": skipped,
-        "n_imputed": dict(zip(("train", "valid", "test"), replaced)),
-        "fit_seconds": time.perf_counter() - started,
-    }
-    if return_predictions:
-        out["predictions"] = {"valid": p_valid, "test": p_test}
+    return {"learner": learner, "metric": metric, "test_metric": test_score[metric],
+            "valid_metric": valid_score[metric], "test": test_score, "valid": valid_score, "params": chosen,
+            "grid": tried, "selected_on": selected_on, "skipped_tasks": skipped,
+            "predictions": {"valid": p_valid, "test": p_test}}
+
+
+def fit_and_score(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_valid: np.ndarray,
+    y_valid: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    kind: str,
+    seed: int = 0,
+    *,
+    learner: str = "rf",
+    params: dict | None = None,
+    n_estimators: int | None = None,
+    n_jobs: int = 2,
+    return_predictions: bool = False,
+) -> dict[str, Any]:
+    """Fit ``learner`` (or every learner for ``"auto"``), choose the grid point on valid, score on test.
+
+    ``X_*`` are ``[n, d]`` float matrices (NaN/inf imputed, :func:`impute`); ``y_*`` ``[n]`` or
+    ``[n, T]`` float arrays with NaN for missing labels; ``kind`` is ``"classification"`` (labels
+    0/1, metric ROC-AUC) or ``"regression"`` (RMSE). ``params`` skips the grid and uses exactly
+    these learner params (e.g. ``result["params"]`` of an earlier seed; with ``"auto"`` give the
+    concrete learner chosen then instead). ``n_estimators`` (rf, xgboost): None picks
+    :func:`default_n_estimators` from the labelled training rows.
+
+    Returns ``{"learner", "metric", "test_metric", "valid_metric", "test", "valid", "params",
+    "grid", "selected_on", "skipped_tasks", "n_imputed", "fit_seconds"}`` (+ ``"predictions"``
+    ``{"valid": [n, T], "test": [n, T]}``; + ``"candidates"`` for ``"auto"``: learner ->
+    ``{"valid_metric", "test_metric", "params"}`` or ``{"error": reason}``), where ``test``/
+    ``valid`` are :func:`dmf_ray.pipelines.evaluate.metrics.score` dicts. Raises ValueError for
+    mismatched shapes, an unknown kind or learner; ImportError for xgboost when it is missing.
+    """
+    _metrics.check_kind(kind)
+    _learners.check(learner)
+    started = time.perf_counter()
+    (Xtr, Xva, Xte), replaced = impute(X_train, X_valid, X_test)
+    ytr = _labels(y_train, Xtr.shape[0], "y_train")
+    yva = _labels(y_valid, Xva.shape[0], "y_valid")
+    yte = _labels(y_test, Xte.shape[0], "y_test")
+    if not (ytr.shape[1] == yva.shape[1] == yte.shape[1]):
+        raise ValueError(f"label columns differ: train {ytr.shape[1]}, valid {yva.shape[1]}, test {yte.shape[1]}")
+    if n_estimators is None:
+        n_estimators = default_n_estimators(int((~np.isnan(ytr)).sum()))
+    data = (Xtr, ytr, Xva, yva, Xte, yte)
+    if learner != _learners.AUTO:
+        out = _fit_one_learner(learner, kind, data, seed, params, n_estimators, n_jobs)
+    else:
+        out = _fit_auto(kind, data, seed, n_estimators, n_jobs)
+    out["n_imputed"] = dict(zip(("train", "valid", "test"), replaced))
+    out["fit_seconds"] = time.perf_counter() - started
+    if not return_predictions:
+        del out["predictions"]
     return out
+
+
+def _fit_auto(kind: str, data: tuple, seed: int, n_estimators: int, n_jobs: int) -> dict[str, Any]:
+    """Every available learner with its grid; the best valid metric wins (unavailable ones say why)."""
+    best: dict[str, Any] | None = None
+    candidates: dict[str, dict] = {}
+    for name in _learners.LEARNERS:
+        reason = _learners.available(name)
+        if reason:
+            candidates[name] = {"error": reason}
+            continue
+        fit = _fit_one_learner(name, kind, data, seed, None, n_estimators, n_jobs)
+        candidates[name] = {"valid_metric": fit["valid_metric"], "test_metric": fit["test_metric"],
+                            "params": fit["params"]}
+        if best is None or _metrics.is_better(fit["valid_metric"], best["valid_metric"], fit["metric"]):
+            best = fit
+    assert best is not None  # rf is always available
+    best["candidates"] = candidates
+    best["selected_on"] = f"valid (auto: {best['selected_on']})"
+    return best
+
+
+def score_stacked(y_test: np.ndarray, predictions: np.ndarray, kind: str, n_blocks: int) -> list[dict]:
+    """Score ``predictions`` ``[n_blocks * n, T]`` block by block against the same ``y_test`` ``[n, T]``.
+
+    Used when degraded copies of the test split were stacked under it, so one fitted model
+    predicted them all in one call. Returns one :func:`metrics.score` dict per block.
+    """
+    n = len(y_test)
+    if len(predictions) != n_blocks * n:
+        raise ValueError(f"predictions have {len(predictions)} rows, expected {n_blocks} x {n}")
+    return [_metrics.score(y_test, predictions[k * n:(k + 1) * n], kind) for k in range(n_blocks)]

@@ -1,5 +1,19 @@
 """Encoding task molecules for evaluation: every distinct SMILES parsed and encoded once with
-every modality of the model, in a process pool (no Ray needed)."""
+every modality of the model (no Ray needed), through the one batch driver
+(:func:`dmf_ray.encoders.batch.encode_smiles`) into the one batch type
+(:class:`dmf_ray.modalities.ModalityBatch`).
+
+Where the work runs, and why:
+
+- inline encoders (cheap RDKit fingerprints, ``Encoder.runs_inline()``) go to a process pool
+  forked from this process when there are many molecules (``workers``); fork, not spawn: spawn
+  would re-run the caller's script in every worker and re-import RDKit (~1 s each), and these
+  children never run torch or Ray, so the parent's threads being copied mid-state is harmless.
+- every other encoder (models: torch) runs here, in this process, a chunk at a time: a pool
+  forked after this process used torch (the fusion model is loaded before the molecules are
+  encoded) deadlocks on the children's first OpenMP region (issue 13: ``dmf evaluate`` hung
+  forever from ~3,000 molecules), and torch spreads one batch over the cores by itself.
+"""
 
 from __future__ import annotations
 
@@ -13,81 +27,88 @@ from typing import Any
 
 import numpy as np
 
+from dmf_ray.modalities import ModalityBatch
+
 _ENCODE_CHUNK = 500
 _POOL_MIN_MOLECULES = 3000  # below this a process pool costs more to start than it saves
 
-_WORKER_ENCODERS: dict[str, dict] = {}
+_ENCODERS: dict[str, Any] = {}  # spec (as JSON) -> encoder, built once per process
 
 
 def _encoders_for(specs: Mapping[str, dict]) -> dict:
+    """The encoders of ``specs`` (modality -> spec), each built once per process and kept."""
     from dmf_ray.encoders import encoder_from_spec
 
-    key = json.dumps(specs, sort_keys=True, default=str)
-    if key not in _WORKER_ENCODERS:
-        _WORKER_ENCODERS.clear()
-        _WORKER_ENCODERS[key] = {m: encoder_from_spec(dict(s)) for m, s in specs.items()}
-    return _WORKER_ENCODERS[key]
+    out = {}
+    for m, spec in specs.items():
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key not in _ENCODERS:
+            _ENCODERS[key] = encoder_from_spec(dict(spec))
+        out[m] = _ENCODERS[key]
+    return out
 
 
-def encode_chunk(smiles: Sequence[str], specs: Mapping[str, dict]) -> dict[str, Any]:
-    """Parse and encode one chunk of SMILES with every modality (runs in a pool worker).
+def _forkable(spec: Mapping[str, Any]) -> bool:
+    """Whether the encoder of ``spec`` may run in a forked child: only inline (RDKit-only) ones."""
+    return bool(_encoders_for({"m": spec})["m"].runs_inline())
 
-    Returns ``{"mol_ids": [id or None], "parse_errors": [reason or None], "values": {m: [k, d]},
-    "errors": {m: [reason or None]}}`` where the value rows are those of the parsed molecules,
-    in input order.
-    """
+
+def encode_chunk(smiles: Sequence[str], specs: Mapping[str, dict]) -> tuple[ModalityBatch, list[str | None]]:
+    """Parse and encode one chunk of SMILES with the encoders of ``specs`` (runs in a pool worker
+    or here). Returns one batch row per input (mol_id None where it did not parse; then nothing
+    is present) and the parse error per input (None where it parsed)."""
     from rdkit import rdBase
 
-    from dmf_ray.molecules import InvalidSmilesError, parse_smiles
+    from dmf_ray.encoders.batch import encode_smiles
 
     encoders = _encoders_for(specs)
-    molecules, mol_ids, parse_errors = [], [], []
-    values, errors = {}, {}
     # RDKit's warnings ("not removing hydrogen atom without neighbors", thousands on HIV) are
     # silenced; a parse failure still carries RDKit's reason, and is counted in the report.
     with rdBase.BlockLogs():
-        for s in smiles:
-            try:
-                m = parse_smiles(s)
-            except InvalidSmilesError as exc:
-                mol_ids.append(None)
-                parse_errors.append(exc.reason)
-                continue
-            molecules.append(m)
-            mol_ids.append(m.mol_id)
-            parse_errors.append(None)
-        for name, enc in encoders.items():
-            if molecules:
-                batch = enc.encode(molecules)
-                values[name], errors[name] = batch.values, list(batch.errors)
-            else:
-                values[name], errors[name] = np.zeros((0, enc.dim), dtype=enc.dtype), []
-    return {"mol_ids": mol_ids, "parse_errors": parse_errors, "values": values, "errors": errors}
+        out = encode_smiles(list(smiles), encoders)
+    names = list(encoders)
+    full = ModalityBatch.empty([None] * len(smiles), names, [encoders[m].dim for m in names],
+                               [encoders[m].dtype for m in names])
+    for m in names:
+        full.values[m][out.rows] = out.batch.values[m]
+    full.mol_ids[out.rows] = out.batch.mol_ids
+    full.present[out.rows] = out.batch.present
+    for k, i in enumerate(out.rows):
+        full.errors[i] = list(out.batch.errors[k])
+    parse_errors: list[str | None] = [None] * len(smiles)
+    for i, exc in out.parse_errors.items():
+        parse_errors[i] = exc.reason
+    return full, parse_errors
 
 
-def _encode_chunk_args(args):
+def _encode_chunk_args(args: tuple) -> tuple[ModalityBatch, list[str | None]]:
     return encode_chunk(*args)
 
 
+def join_modalities(a: ModalityBatch, b: ModalityBatch, names: Sequence[str]) -> ModalityBatch:
+    """The modalities of ``a`` and ``b`` (the same rows) side by side, in the order ``names``."""
+    both = {**a.values, **b.values}
+    present = np.concatenate([a.present, b.present], axis=1)
+    order = [(a.names + b.names).index(m) for m in names]
+    errors = [ea + eb for ea, eb in zip(a.errors or [[]] * len(a), b.errors or [[]] * len(b))]
+    return ModalityBatch(a.mol_ids, list(names), {m: both[m] for m in names}, present[:, order], errors)
+
+
 @dataclass
-class MoleculeFeatures:
-    """Raw modality vectors of distinct SMILES strings, and which are present.
+class FeaturizedSmiles:
+    """Every distinct SMILES string of a run, encoded once: ``batch`` holds one row per string
+    (``index[s]`` is the row of string ``s`` as given; ``batch.mol_ids[row]`` is None where it
+    did not parse, ``parse_errors[row]`` says why, and then no modality is present)."""
 
-    ``index[s]`` is the row of SMILES string ``s`` (as given); ``mol_ids[row]`` is None where
-    the SMILES did not parse (``parse_errors[row]`` says why), and then no modality is present.
-    """
-
-    modalities: list[str]
+    batch: ModalityBatch
     index: dict[str, int]
-    mol_ids: list[str | None]
     parse_errors: list[str | None]
-    values: dict[str, np.ndarray]  # [n, d_m], the encoder's dtype; zero rows where absent
-    present: np.ndarray  # [n, M] bool
     encoder_errors: dict[str, int]
     workers: int
     seconds: float
 
     def rows(self, smiles: Sequence[str]) -> np.ndarray:
+        """Row of each SMILES string (int64 ``[len(smiles)]``); KeyError for one never encoded."""
         return np.fromiter((self.index[s] for s in smiles), dtype=np.int64, count=len(smiles))
 
 
@@ -97,73 +118,75 @@ def featurize_smiles(
     workers: int | None = None,
     chunk_size: int = _ENCODE_CHUNK,
     log: Callable[[str], None] = print,
-) -> MoleculeFeatures:
+) -> FeaturizedSmiles:
     """Encode each distinct SMILES string once per modality with the encoders of ``specs``.
 
-    ``workers``: processes (None: one per core for >= 3,000 molecules, else in-process).
-    Invalid SMILES and encoder failures are kept as absent entries, never dropped.
+    ``workers``: processes for the inline encoders (None: one per core for >= 3,000 molecules,
+    else in-process); other encoders always run in this process (module docstring). Invalid
+    SMILES and encoder failures are kept as absent entries, never dropped.
     """
     started = time.perf_counter()
     distinct = list(dict.fromkeys(s if isinstance(s, str) else "" for s in smiles))
+    specs = {m: dict(s) for m, s in specs.items()}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if workers is None:
         workers = cores if len(distinct) >= _POOL_MIN_MOLECULES else 1
     workers = max(1, min(workers, math.ceil(len(distinct) / chunk_size) or 1))
-    chunks = [distinct[i : i + chunk_size] for i in range(0, len(distinct), chunk_size)]
-    specs = {m: dict(s) for m, s in specs.items()}
-    names = list(specs)
-    parts: list[dict] = []
+    pooled = {m: s for m, s in specs.items() if workers > 1 and _forkable(s)}
+    local = {m: s for m, s in specs.items() if m not in pooled}
+    workers = workers if pooled else 1  # the report says how many processes really encoded
+    chunks = [distinct[i:i + chunk_size] for i in range(0, len(distinct), chunk_size)]
     last = time.perf_counter()
 
-    def progress(done: int) -> None:
+    def progress(done: int, stage: str) -> None:
         nonlocal last
         if time.perf_counter() - last > 10:
             last = time.perf_counter()
-            rate = done / (last - started)
-            log(f"featurize: {done:,}/{len(distinct):,} molecules ({rate:,.0f}/s, {workers} process(es))")
+            log(f"featurize ({stage}): {done:,}/{len(distinct):,} molecules ({done / (last - started):,.0f}/s)")
 
-    if workers == 1:
-        for chunk in chunks:
-            parts.append(encode_chunk(chunk, specs))
-            progress(sum(len(p["mol_ids"]) for p in parts))
+    parts: list[tuple[ModalityBatch, list[str | None]]] = []
+    if pooled:
+        parts = _encode_in_pool(chunks, pooled, workers, lambda d: progress(d, f"{workers} processes"))
+    if local:
+        done = 0
+        for k, chunk in enumerate(chunks):
+            batch, parse_errors = encode_chunk(chunk, local)
+            if pooled:  # the same rows: add the local modalities beside the pool's
+                batch = join_modalities(parts[k][0], batch, list(specs))
+                parts[k] = (batch, parse_errors)
+            else:
+                parts.append((batch, parse_errors))
+            done += len(chunk)
+            progress(done, "in-process")
+    return _assemble(distinct, specs, parts, workers, time.perf_counter() - started)
+
+
+def _encode_in_pool(chunks: list[list[str]], specs: Mapping[str, dict], workers: int,
+                    progress: Callable[[int], None]) -> list[tuple[ModalityBatch, list[str | None]]]:
+    """:func:`encode_chunk` of every chunk in a forked pool of ``workers`` processes, in order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    parts: list[tuple[ModalityBatch, list[str | None]]] = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        for part in pool.map(_encode_chunk_args, [(c, dict(specs)) for c in chunks]):
+            parts.append(part)
+            progress(sum(len(p[0]) for p in parts))
+    return parts
+
+
+def _assemble(distinct: list[str], specs: Mapping[str, dict], parts: list[tuple[ModalityBatch, list]],
+              workers: int, seconds: float) -> FeaturizedSmiles:
+    """One :class:`FeaturizedSmiles` from the chunks' parts (rows in the order of ``distinct``)."""
+    names = list(specs)
+    encoders = _encoders_for(specs)
+    if parts:
+        batch = ModalityBatch.concat([p[0] for p in parts])
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork where there is one: spawn would re-run the caller's script in every worker
-        # (a script without an `if __name__ == "__main__"` guard then breaks the pool) and
-        # re-import RDKit (~1 s each). The children only run RDKit and numpy, never torch or
-        # Ray, so the parent's threads (torch intra-op, Ray) being copied mid-state is harmless.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            for part in pool.map(_encode_chunk_args, [(c, specs) for c in chunks]):
-                parts.append(part)
-                progress(sum(len(p["mol_ids"]) for p in parts))
-
-    n = len(distinct)
-    mol_ids = [i for p in parts for i in p["mol_ids"]]
-    parse_errors = [e for p in parts for e in p["parse_errors"]]
-    ok = np.array([i is not None for i in mol_ids], dtype=bool)
-    ok_rows = np.flatnonzero(ok)
-    encs = _encoders_for(specs)
-    values, present, encoder_errors = {}, np.zeros((n, len(names)), dtype=bool), {}
-    for j, m in enumerate(names):
-        arr = np.zeros((n, encs[m].dim), dtype=encs[m].dtype)
-        if ok_rows.size:
-            arr[ok_rows] = np.concatenate([p["values"][m] for p in parts], axis=0)
-        errs = [e for p in parts for e in p["errors"][m]]
-        good = np.array([e is None for e in errs], dtype=bool)
-        present[ok_rows[good], j] = True
-        encoder_errors[m] = int((~good).sum())
-        values[m] = arr
-    return MoleculeFeatures(
-        modalities=names,
-        index={s: i for i, s in enumerate(distinct)},
-        mol_ids=mol_ids,
-        parse_errors=parse_errors,
-        values=values,
-        present=present,
-        encoder_errors=encoder_errors,
-        workers=workers,
-        seconds=time.perf_counter() - started,
-    )
+        batch = ModalityBatch.empty([], names, [encoders[m].dim for m in names], [encoders[m].dtype for m in names])
+    parse_errors = [e for p in parts for e in p[1]]
+    parsed = np.array([i is not None for i in batch.mol_ids], dtype=bool)
+    encoder_errors = {m: int((parsed & ~batch.present[:, j]).sum()) for j, m in enumerate(names)}
+    return FeaturizedSmiles(batch, {s: i for i, s in enumerate(distinct)}, parse_errors, encoder_errors, workers,
+                            seconds)

@@ -245,6 +245,68 @@ def _resolve_sources(source) -> tuple[dict[str, Path] | None, Path | None, str]:
     return None, path, name
 
 
+def _columns(tables: dict, smiles_col: str, label_names: list[str]) -> dict[Path, tuple[list[str], np.ndarray]]:
+    """Per file: (stripped SMILES, float64 labels [n, T] with NaN for missing). Raises TaskError
+    naming the file for a missing column."""
+    out = {}
+    for p, df in tables.items():
+        for col, what in [(smiles_col, "SMILES")] + [(c, "label") for c in label_names]:
+            if col not in df.columns:
+                raise TaskError(f"{p}: {what} column {col!r} not found; columns are {list(df.columns)}")
+        smi = [s.strip() for s in df[smiles_col].tolist()]
+        y = np.column_stack([_to_float(df[c].tolist(), p, c) for c in label_names]) if len(df) else (
+            np.zeros((0, len(label_names)))
+        )
+        out[p] = (smi, y.reshape(len(df), len(label_names)))
+    return out
+
+
+def _split_rows(per_file: dict, files: dict[str, Path] | None, paths: list[Path], split_name: str,
+                fractions: Sequence[float], seed: int, balanced: bool) -> tuple[dict, dict, dict]:
+    """(SMILES, labels, RDKit molecules or None) per split: the provided files, or every row pooled
+    and split by scaffold or at random."""
+    if files and split_name == "provided":
+        smiles = {s: per_file[files[s]][0] for s in SPLITS}
+        labels = {s: per_file[files[s]][1] for s in SPLITS}
+        return smiles, labels, {s: _splits.parse_smiles(smiles[s]) for s in SPLITS}
+    all_smiles = [x for p in paths for x in per_file[p][0]]
+    all_labels = np.concatenate([per_file[p][1] for p in paths], axis=0)
+    all_mols = _splits.parse_smiles(all_smiles)
+    if split_name == "scaffold":
+        keys = [_splits.scaffold_of_mol(m) for m in all_mols]
+        idx = _splits.split_by_groups(keys, fractions, seed, balanced)
+    else:
+        idx = _splits.random_split(len(all_smiles), fractions, seed)
+    smiles = {s: [all_smiles[i] for i in ix] for s, ix in zip(SPLITS, idx)}
+    labels = {s: all_labels[ix] for s, ix in zip(SPLITS, idx)}
+    return smiles, labels, {s: [all_mols[i] for i in ix] for s, ix in zip(SPLITS, idx)}
+
+
+def _check_labels(labels: dict[str, np.ndarray], label_names: list[str], kind: str | None, where: str) -> str:
+    """The task kind (given or detected); TaskError for an empty label column, a forced kind the
+    labels contradict, or a classification label with one class overall or in train."""
+    pooled = np.concatenate([labels[s] for s in SPLITS], axis=0)
+    for j, c in enumerate(label_names):
+        if np.isnan(pooled[:, j]).all():
+            raise TaskError(f"{where}: label column {c!r} has no values")
+    binary = all(_is_binary(pooled[:, j]) for j in range(len(label_names)))
+    if kind == "classification" and not binary:
+        bad = [c for j, c in enumerate(label_names) if not _is_binary(pooled[:, j])]
+        raise TaskError(f"{where}: kind='classification' but label columns {bad} hold values other than 0/1")
+    task_kind = kind or ("classification" if binary else "regression")
+    if task_kind == "classification":
+        for j, c in enumerate(label_names):
+            for s, y in (("all splits", pooled[:, j]), ("train", labels["train"][:, j])):
+                classes = np.unique(y[~np.isnan(y)])
+                if classes.size < 2:
+                    got = f"only class {classes[0]:g}" if classes.size else "no labels"
+                    raise TaskError(
+                        f"{where}: classification label {c!r} has {got} in {s}; a one-class "
+                        "task cannot be fitted or scored"
+                    )
+    return task_kind
+
+
 def load_task(
     source,
     *,
@@ -291,58 +353,10 @@ def load_task(
         label_names, label_source = _auto_labels(tables[first], smiles_col, first, known_as)
     else:
         label_names, label_source = labels_given, "given"
-    for p, df in tables.items():
-        for col, what in [(smiles_col, "SMILES")] + [(c, "label") for c in label_names]:
-            if col not in df.columns:
-                raise TaskError(f"{p}: {what} column {col!r} not found; columns are {list(df.columns)}")
-
-    def columns(p: Path) -> tuple[list[str], np.ndarray]:
-        df = tables[p]
-        smi = [s.strip() for s in df[smiles_col].tolist()]
-        y = np.column_stack([_to_float(df[c].tolist(), p, c) for c in label_names]) if len(df) else (
-            np.zeros((0, len(label_names)))
-        )
-        return smi, y.reshape(len(df), len(label_names))
-
-    per_file = {p: columns(p) for p in paths}
-    if files and split_name == "provided":
-        smiles = {s: per_file[files[s]][0] for s in SPLITS}
-        labels = {s: per_file[files[s]][1] for s in SPLITS}
-        mols = {s: _splits.parse_smiles(smiles[s]) for s in SPLITS}
-    else:
-        all_smiles = [x for p in paths for x in per_file[p][0]]
-        all_labels = np.concatenate([per_file[p][1] for p in paths], axis=0)
-        all_mols = _splits.parse_smiles(all_smiles)
-        if split_name == "scaffold":
-            keys = [_splits.scaffold_of_mol(m) for m in all_mols]
-            idx = _splits.split_by_groups(keys, fractions, seed, balanced)
-        else:
-            idx = _splits.random_split(len(all_smiles), fractions, seed)
-        smiles = {s: [all_smiles[i] for i in ix] for s, ix in zip(SPLITS, idx)}
-        labels = {s: all_labels[ix] for s, ix in zip(SPLITS, idx)}
-        mols = {s: [all_mols[i] for i in ix] for s, ix in zip(SPLITS, idx)}
+    per_file = _columns(tables, smiles_col, label_names)
+    smiles, labels, mols = _split_rows(per_file, files, paths, split_name, fractions, seed, balanced)
     smiles_ok = {s: np.array([m is not None for m in mols[s]], dtype=bool) for s in SPLITS}
-
-    pooled = np.concatenate([labels[s] for s in SPLITS], axis=0)
-    where = ", ".join(str(p) for p in paths)
-    for j, c in enumerate(label_names):
-        if np.isnan(pooled[:, j]).all():
-            raise TaskError(f"{where}: label column {c!r} has no values")
-    binary = all(_is_binary(pooled[:, j]) for j in range(len(label_names)))
-    if kind == "classification" and not binary:
-        bad = [c for j, c in enumerate(label_names) if not _is_binary(pooled[:, j])]
-        raise TaskError(f"{where}: kind='classification' but label columns {bad} hold values other than 0/1")
-    task_kind = kind or ("classification" if binary else "regression")
-    if task_kind == "classification":
-        for j, c in enumerate(label_names):
-            for s, y in (("all splits", pooled[:, j]), ("train", labels["train"][:, j])):
-                classes = np.unique(y[~np.isnan(y)])
-                if classes.size < 2:
-                    got = f"only class {classes[0]:g}" if classes.size else "no labels"
-                    raise TaskError(
-                        f"{where}: classification label {c!r} has {got} in {s}; a one-class "
-                        "task cannot be fitted or scored"
-                    )
+    task_kind = _check_labels(labels, label_names, kind, ", ".join(str(p) for p in paths))
     return Task(
         name=task_name,
         smiles=smiles,

@@ -73,23 +73,16 @@ class Encoders:
 
 
 def standardized_scores(model, truth: dict[str, np.ndarray], fused: FusedBatch) -> dict[str, dict[str, np.ndarray]]:
-    """Per hidden modality: cosine of reconstruction to truth, raw and after the model's own
-    (x - mean) / std (the space training compares in; the raw cosine of descriptors is dominated
-    by the largest-valued ones)."""
-    import torch
+    """Per hidden modality: float64 [n] cosines of reconstruction to truth, raw ("cosine") and
+    in the model's normalised space ("cosine_standardized"): the one reconstruction cosine of
+    ``dmf_ray.model.metrics``, so the training log, this API and ``dmf evaluate`` agree."""
+    from dmf_ray.model.metrics import reconstruction_cosine
 
-    from dmf_ray.pipelines.serve.responses import row_cosine
-
-    names = model.config.modalities
-    device = next(model.parameters()).device
     scores = {}
     for name, true in truth.items():
-        j = names.index(name)
-        recon = fused.reconstructions[j]
-        with torch.no_grad():  # np.array copies: arrays that crossed a Serve handle are read-only
-            std = [model.normalizers[j](torch.as_tensor(np.array(x, dtype=np.float32), device=device)).cpu().numpy()
-                   for x in (recon, true)]
-        scores[name] = {"cosine": row_cosine(recon, true), "cosine_standardized": row_cosine(*std)}
+        recon = fused.reconstructions[model.config.modalities.index(name)]
+        cos = reconstruction_cosine(model, name, recon, np.asarray(true, dtype=np.float32))
+        scores[name] = {"cosine": cos.raw.cpu().numpy(), "cosine_standardized": cos.normalized.cpu().numpy()}
     return scores
 
 

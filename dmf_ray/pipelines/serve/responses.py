@@ -1,5 +1,5 @@
 """Pieces of the answers: the model card (GET /v1/model), a hidden modality's item in
-/v1/reconstruct, its cosine, and the Server-Timing header."""
+/v1/reconstruct, and the Server-Timing header."""
 
 from __future__ import annotations
 
@@ -12,17 +12,6 @@ from dmf_ray.pipelines.serve.args import ServeArgs
 
 FUSION = "FusionModel"
 INGRESS = "Ingress"
-
-
-def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two [n, d] arrays as float64 [n]; NaN where either row is all zeros.
-
-    The one reconstruction cosine is to live in dmf_ray.model (issue 12); this is the only
-    call site in the service, to switch to it when it lands."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(1) / denom, np.nan)
 
 
 def hidden_item(reconstruction: np.ndarray, scores: dict[str, np.ndarray], k: int, error: str | None) -> dict:

@@ -45,14 +45,22 @@ def _start_ray(num_cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    from dmf_ray import runtime
+
+    # The process-wide output settings the CLI chose (runtime.RAY_INIT_OPTIONS, AFTER_RAY_INIT).
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True,
+             **{k: v for k, v in runtime.RAY_INIT_OPTIONS.items() if k != "num_cpus"}}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
-        return False
-    # The proxy of a local Ray inherits this environment: JSON error bodies (errors.JsonErrors).
-    os.environ.setdefault(PROXY_HOOK_ENV, PROXY_HOOK)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
-    return True
+        started = False
+    else:
+        # The proxy of a local Ray inherits this environment: JSON error bodies (errors.JsonErrors).
+        os.environ.setdefault(PROXY_HOOK_ENV, PROXY_HOOK)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+        started = True
+    for hook in runtime.AFTER_RAY_INIT:
+        hook()
+    return started
 
 
 def _local_gpu_fallback(args: ServeArgs) -> ServeArgs:
@@ -111,8 +119,12 @@ def _stop(app_name: str, serve_was_running: bool, ray_started: bool) -> None:
     # Quiet: replicas being torn down on purpose are not errors worth a paragraph.
     logging.getLogger("ray.serve").setLevel(logging.CRITICAL)
     try:
-        if serve_was_running:
-            serve.delete(app_name)
+        # serve.shutdown() kills its controller while a task of it is pending, and the raylet
+        # prints "graceful_shutdown failed ... killed by ray.kill"; a cluster we started goes
+        # as a whole after the app's graceful delete, controller and proxies with it.
+        if serve_was_running or ray_started:
+            if app_name in serve.status().applications:
+                serve.delete(app_name)
         else:
             serve.shutdown()
     except Exception as exc:  # noqa: BLE001 - the cluster goes next anyway when we started it

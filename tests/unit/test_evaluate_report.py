@@ -1,4 +1,4 @@
-"""Protocol helpers (concat rows, removal patterns/masks) and the report writer."""
+"""Per-task results, their statistics, and the report writer (every file, summary schema, LEAKED rows)."""
 
 import csv
 import json
@@ -7,56 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from dmf_ray.pipelines.evaluate.report import (
-    FILES,
-    TaskResult,
-    concat_rows,
-    mean_std,
-    order_rows,
-    removal_mask,
-    removal_patterns,
-    write_report,
-)
+from dmf_ray.pipelines.evaluate.protocol import concat_rows, removal_patterns
+from dmf_ray.pipelines.evaluate.report import FILES, write_report
+from dmf_ray.pipelines.evaluate.results import TaskResult, mean_std, order_rows
 
 MODS = ["ecfp", "maccs", "desc"]
-
-
-def test_concat_rows_every_combination_of_two_or_more():
-    assert concat_rows(MODS) == [
-        ("ecfp", "maccs"), ("ecfp", "desc"), ("maccs", "desc"), ("ecfp", "maccs", "desc")
-    ]
-    assert concat_rows(["a", "b"]) == [("a", "b")]
-    assert len(concat_rows(list("abcd"))) == 2**4 - 4 - 1
-    with pytest.raises(ValueError, match="duplicate"):
-        concat_rows(["a", "a"])
-    with pytest.raises(ValueError, match=r"'\+'"):
-        concat_rows(["a+b", "c"])
-
-
-@pytest.mark.parametrize("m, expected", [(2, 3), (3, 7), (4, 11), (5, 16)])
-def test_removal_pattern_count(m, expected):
-    patterns = removal_patterns([f"m{i}" for i in range(m)])
-    assert len(patterns) == expected  # M singles + C(M,2) pairs when M>2 + random25
-    assert patterns[-1].name == "random25" and patterns[-1].random_fraction == 0.25
-    assert all(len(p.removed) < m for p in patterns)  # at least one modality always stays
-    assert len({p.name for p in patterns}) == expected
-
-
-def test_removal_pattern_names_and_mask():
-    names = [p.name for p in removal_patterns(MODS)]
-    assert names == ["-ecfp", "-maccs", "-desc", "-ecfp+maccs", "-ecfp+desc", "-maccs+desc", "random25"]
-    pats = {p.name: p for p in removal_patterns(MODS)}
-    keep = removal_mask(pats["-ecfp+desc"], MODS, n=5)
-    assert keep.tolist() == [[False, True, False]] * 5
-    present = np.ones((400, 3), dtype=bool)
-    present[:50, 1] = False  # an encoder failed on some molecules
-    keep = removal_mask(pats["random25"], MODS, n=400, seed=0, present=present)
-    assert keep.any(axis=1).all()  # never all of a molecule's
-    assert not (keep & ~present).any()  # never resurrects a missing entry
-    assert (present.sum() - keep.sum()) == round(0.25 * present.sum())
-    assert not np.array_equal(keep, removal_mask(pats["random25"], MODS, n=400, seed=1, present=present))
-    with pytest.raises(ValueError, match="at least 2"):
-        removal_patterns(["ecfp"])
 
 
 def test_mean_std_and_row_order():
@@ -104,7 +59,8 @@ def test_write_report_produces_every_file_and_summary_schema(tmp_path):
     summary = json.loads(paths["summary"].read_text())
     assert set(summary) == {"tasks"} and set(summary["tasks"]) == {"bbbp", "esol"}
     for name, t in summary["tasks"].items():
-        assert set(t) == {"metric", "split", "rows", "robustness", "reconstruction_cosine", "attention"}
+        assert set(t) == {"metric", "split", "rows", "robustness", "reconstruction_cosine", "attention", "learners",
+                          "leaked", "best_row", "paper_protocol", "not_computed"}
         assert t["metric"] in ("roc_auc", "rmse") and t["split"] == "scaffold"
         assert list(t["rows"]) == ["ecfp", "maccs", "desc", "ecfp+maccs", "ecfp+desc", "maccs+desc",
                                    "ecfp+maccs+desc", "fusion"]
@@ -144,3 +100,33 @@ def test_nan_scores_become_null_and_bad_input_rejected(tmp_path):
         write_report([r, r], tmp_path)
     with pytest.raises(ValueError, match="method"):
         r.add_robustness("-ecfp", "fused", 0.5)
+
+
+def test_leaked_rows_are_marked_everywhere_and_never_best(tmp_path):
+    r = TaskResult(task="bbbp", metric="roc_auc", split="provided")
+    for row, value, learner in (("ecfp", 0.80, "rf"), ("chem", 0.95, "logreg"), ("ecfp+chem", 0.93, "xgboost"),
+                                ("fusion", 0.90, "mlp")):
+        r.add_fit(row, {"test_metric": value, "test": {"roc_auc": value}, "params": {}, "learner": learner})
+    r.leaked = {"chem": "encoder 'chem' was trained on BBB_Martins", "ecfp+chem": "same", "fusion": "same"}
+    r.paper = {"ecfp": [0.79], "fusion": [0.88]}
+    r.not_computed = {"Figure 2": "skipped: --robustness none"}
+    assert r.best_row() == "ecfp"  # 0.95 is leaked: left out of "best"
+    paths = write_report([r], tmp_path)
+    task = json.loads(paths["summary"].read_text())["tasks"]["bbbp"]
+    assert task["best_row"] == "ecfp" and set(task["leaked"]) == {"chem", "ecfp+chem", "fusion"}
+    assert task["learners"] == {"ecfp": "rf", "chem": "logreg", "ecfp+chem": "xgboost", "fusion": "mlp"}
+    assert task["paper_protocol"]["fusion"] == {"mean": 0.88, "std": 0.0}
+    assert task["not_computed"] == {"Figure 2": "skipped: --robustness none"}
+    md = paths["report"].read_text()
+    assert "| chem | 0.950 ± 0.000 · logreg LEAKED |" in md
+    assert "| ecfp | **0.800 ± 0.000 · rf** |" in md  # the best non-leaked row in bold
+    assert "## Paper protocol: XGBoost on frozen embeddings" in md and "| fusion | 0.880 ± 0.000 LEAKED |" in md
+    assert "| bbbp | Figure 2 | skipped: --robustness none |" in md
+    with open(paths["table1"]) as fh:
+        rows = {row["row"]: row for row in csv.DictReader(fh)}
+    assert rows["chem"]["leaked"].startswith("encoder 'chem'") and rows["chem"]["learner"] == "logreg"
+    assert rows["ecfp"]["leaked"] == ""
+    with open(paths["not_computed"]) as fh:
+        assert list(csv.DictReader(fh)) == [{"task": "bbbp", "figure": "Figure 2", "why": "skipped: --robustness none"}]
+    empty = write_report([r], tmp_path / "b", paper_reason="xgboost is not installed")
+    assert "(not computed: xgboost is not installed)" in empty["report"].read_text()

@@ -140,3 +140,15 @@ def test_real_moleculenet_folders():
     assert tox21.n_tasks == 12 and np.isnan(tox21.labels["train"]).any()
     esol = load_task(DATA / "esol")
     assert esol.kind == "regression" and esol.label_names == ["measured log solubility in mols per litre"]
+
+
+def test_a_renamed_known_task_keeps_its_documented_labels(tmp_path):
+    # bace ships 0/1 descriptor columns beside its label: auto-detection alone cannot pick it.
+    from dmf_ray.pipelines.evaluate.tasks import load_task
+
+    folder = tmp_path / "bace"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.csv").write_text("smiles,Class,pIC50,sLi_Key\nCCO,1,5.1,0\nCCN,0,4.2,1\nCCC,1,6.3,0\n")
+    task = load_task(str(folder), name="bace-scaffold", split="random")
+    assert task.label_names == ["Class"] and task.label_source == "known:bace"

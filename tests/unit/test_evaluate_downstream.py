@@ -1,4 +1,4 @@
-"""The downstream random forest on small synthetic data (multi-task, NaN labels and features)."""
+"""Downstream fits on small synthetic data (multi-task, NaN labels and features), every learner."""
 
 import json
 import math
@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from dmf_ray.pipelines.evaluate.downstream import GRIDS, default_n_estimators, fit_and_score, impute
+from dmf_ray.pipelines.evaluate.downstream import default_n_estimators, fit_and_score, impute
+from dmf_ray.pipelines.evaluate.learners import grid
 
 
 def _data(n=240, d=12, seed=0):
@@ -32,7 +33,7 @@ def test_classification_multitask_masks_labels_and_skips_one_class_task():
     assert out["test"]["n_tasks"] == 3 and out["test"]["n_tasks_scored"] == 2
     assert math.isnan(out["test"]["roc_auc_per_task"][2])
     assert out["test_metric"] > 0.75 and out["valid_metric"] > 0.75
-    assert out["selected_on"] == "valid" and len(out["grid"]) == len(GRIDS["classification"])
+    assert out["selected_on"] == "valid" and len(out["grid"]) == len(grid("rf", "classification", 30))
     best = max(out["grid"], key=lambda g: g["valid_metric"])
     assert out["params"] == best["params"] and out["params"]["n_estimators"] == 30
     json.dumps(out["params"])  # recordable
@@ -73,3 +74,28 @@ def test_input_checks_and_tree_rule():
     with pytest.raises(ValueError, match="kind"):
         fit_and_score(X[:10], y[:10], X[:5], y[:5], X[:5], y[:5], "ranking")
     assert default_n_estimators(1500) == 300 and default_n_estimators(33_000) == 100
+
+
+@pytest.mark.parametrize("learner", ["rf", "xgboost", "logreg", "mlp"])
+def test_every_learner_fits_multitask_and_regression(learner):
+    if learner == "xgboost":
+        pytest.importorskip("xgboost")
+    X, y, reg = _data()
+    out = fit_and_score(*_splits(X, y), kind="classification", seed=0, learner=learner, n_estimators=30, n_jobs=1)
+    assert out["learner"] == learner and out["skipped_tasks"] == [2] and out["test_metric"] > 0.75
+    assert len(out["grid"]) == len(grid(learner, "classification", 30))
+    json.dumps(out["params"])
+    out = fit_and_score(*_splits(X, reg), kind="regression", seed=0, learner=learner, n_estimators=30, n_jobs=1)
+    assert out["test_metric"] < np.nanstd(reg[200:], axis=0).mean()  # beats predicting the mean
+
+
+def test_auto_keeps_the_best_valid_learner_and_records_the_others():
+    X, y, _ = _data()
+    out = fit_and_score(*_splits(X[:, :6], y[:, :2]), kind="classification", seed=0, learner="auto",
+                        n_estimators=30, n_jobs=1)
+    cands = out["candidates"]
+    assert set(cands) == {"rf", "xgboost", "logreg", "mlp"}
+    scored = {k: v["valid_metric"] for k, v in cands.items() if "valid_metric" in v}
+    assert out["learner"] == max(scored, key=scored.get) and out["valid_metric"] == scored[out["learner"]]
+    with pytest.raises(ValueError, match="learner must be one of"):
+        fit_and_score(*_splits(X, y), kind="classification", learner="svm")
