@@ -136,11 +136,10 @@ def pretrain(args, work: Path, timings: dict) -> str:
 
 
 def untrained_model(store_uri: str, encoders: list[str], latent_dim: int, out: Path) -> str:
-    import numpy as np
     import torch
 
     from dmf_ray.artifact import save_fusion_model
-    from dmf_ray.model.fusion import DynamicFusion, FusionConfig
+    from dmf_ray.model import DynamicFusion, FusionConfig, array_moments, normalization_stats
     from dmf_ray.store import EmbeddingStore
 
     store = EmbeddingStore.open(store_uri)
@@ -148,11 +147,7 @@ def untrained_model(store_uri: str, encoders: list[str], latent_dim: int, out: P
     torch.manual_seed(0)
     model = DynamicFusion(FusionConfig(modalities=encoders, dims=[store.modalities[m]["dim"] for m in encoders],
                                        latent_dim=latent_dim))
-    stats = {}
-    for j, m in enumerate(encoders):
-        x = paired.values[m][paired.present[:, j]].astype(np.float64)
-        stats[m] = (x.mean(0), x.std(0))
-    model.set_normalization(stats)
+    model.set_normalization(normalization_stats(array_moments(paired.values, paired.present, encoders)))
     save_fusion_model(out, model, card={
         "modalities": {m: dict(store.modalities[m]) for m in encoders},
         "training": {"store": os.path.abspath(store_uri), "epochs": 0,

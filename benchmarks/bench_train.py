@@ -10,7 +10,8 @@ masking schedule) on the same training split. Ray Train runs in each layout of -
 (WORKERSxTHREADS: by default DDP with one worker per core, and one worker using every core);
 the plain loop holds the split in memory as tensors in one process, with one thread and with
 one per core, and the faster of the two is the baseline. Epoch 1 includes Ray's warm-up, so the
-ratios are taken over the epochs after the first. With --gpu, training uses one GPU per worker,
+ratios are taken over the epochs after the first, and the first epoch's time is printed beside
+the mean of the later ones (issue 14: the first epoch must cost about what the others do). With --gpu, training uses one GPU per worker,
 the baseline one GPU, and GPU utilisation is sampled with nvidia-smi during each fit.
 
 Embedding: `embed()` of the SMILES file with the trained model (parse + encoders + fusion +
@@ -124,7 +125,7 @@ def plain_loop(store_uri: str, config, threads: int, device: str) -> list[float]
     return rates
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmarks/bench_train.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20000, help="molecules to featurize from --source (default 20000)")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
@@ -143,16 +144,120 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-plain", action="store_true", help="skip the single-process baseline")
     parser.add_argument("--skip-embed", action="store_true", help="skip the embed throughput part")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
+    return parser
 
-    from dmf_ray.runtime import cluster_resources, ensure_ray
+
+def _featurize_store(args, workdir: Path, smi: Path, figures: dict) -> str:
+    """The store to train on: --store, or --n molecules of --source featurized now (timed)."""
+    if args.store:
+        return args.store
+    from dmf_ray.pipelines.featurize import featurize
+
+    source = args.source if args.source.exists() else rdkit_sample()
+    smiles = read_smiles(source, args.n)
+    smi.write_text("".join(f"{s}\n" for s in smiles))
+    store = str(workdir / "store")
+    shutil.rmtree(store, ignore_errors=True)
+    started = time.perf_counter()
+    result = featurize([str(smi)], store, args.encoders.split(","), shard_rows=max(1000, len(smiles) // 8),
+                       log=lambda m: None)
+    seconds = time.perf_counter() - started
+    figures["featurize"] = {"source": str(source), "molecules": len(smiles), "seconds": seconds,
+                            "molecules_per_s": len(smiles) / seconds}
+    print(f"featurize: {len(smiles):,} molecules from {source.name} in {seconds:.1f} s "
+          f"({len(smiles) / seconds:,.0f}/s); {result.failed} failed to parse")
+    return store
+
+
+def _ray_train(args, store: str, model_dir: Path, configs: list[tuple[int, int]]) -> tuple[dict, object]:
+    """Figures per Ray Train layout (and the last TrainConfig, for the baseline)."""
     from dmf_ray.pipelines.train import TrainConfig, read_metrics_file, train
+
+    per_config, config = {}, None
+    for workers, threads in configs:
+        label = f"{workers}x{threads}"
+        config = TrainConfig(store=store, out=str(model_dir), epochs=args.epochs, workers=workers,
+                             torch_threads=threads, use_gpu=args.gpu, model={"latent_dim": args.latent_dim},
+                             batch_size=args.batch_size, fresh=True)
+        started = time.perf_counter()
+        with GpuSampler() if args.gpu else _nothing() as sampler:
+            result = train(config, log=lambda m: print(m, flush=True))
+        fit_seconds = time.perf_counter() - started
+        history = read_metrics_file(model_dir / "metrics.jsonl")
+        rates = [h["samples_per_s"] for h in history]
+        epoch_s = [h["epoch_time_s"] for h in history]
+        steady = rates[1:] or rates
+        per_config[label] = {
+            "workers": workers, "threads_per_worker": threads, "n_train": result.n_train,
+            "samples_per_s_by_epoch": rates, "samples_per_s_after_first": sum(steady) / len(steady),
+            "samples_per_s_best_after_first": max(steady), "data_wait_s_by_epoch": [h["data_wait_s"] for h in history],
+            "epoch_time_s_by_epoch": epoch_s, "train_call_seconds": fit_seconds,
+            "gpu_utilisation_mean_pct": sampler.mean,
+        }
+        later = epoch_s[1:] or epoch_s
+        print(f"ray train {workers} worker(s) x {threads} thread(s): samples/s by epoch "
+              f"{', '.join(f'{r:,.0f}' for r in rates)}; first epoch {epoch_s[0]:.1f} s, later ones "
+              f"{sum(later) / len(later):.1f} s on average; whole train() call {fit_seconds:.1f} s"
+              + (f"; GPU utilisation {sampler.mean:.0f}%" if sampler.mean is not None else ""), flush=True)
+    return per_config, config
+
+
+def _plain_baseline(args, store: str, config, cpus: float, per_config: dict, figures: dict) -> None:
+    """The best single process on these cores (all of them as torch threads, or one thread),
+    run as a Ray task so that it has the OS priority of the Ray Train workers (Ray starts its
+    workers with nice 15): on a shared machine a baseline in this nice-0 driver would otherwise
+    take the cores from them."""
+    import ray
+
+    device = "cuda" if args.gpu else "cpu"
+    remote = ray.remote(num_cpus=cpus, num_gpus=1 if args.gpu else 0)(plain_loop)
+    runs = {}
+    for threads in sorted({1, max(1, int(cpus))}, reverse=True):
+        rates = ray.get(remote.remote(store, config, threads, device))
+        steady = rates[1:] or rates
+        runs[threads] = {"samples_per_s_by_epoch": rates, "samples_per_s_after_first": sum(steady) / len(steady),
+                         "samples_per_s_best_after_first": max(steady)}
+        print(f"plain loop (1 process, {threads} thread(s), {device}): samples/s by epoch "
+              f"{', '.join(f'{r:,.0f}' for r in rates)}", flush=True)
+    best = max(runs, key=lambda t: runs[t]["samples_per_s_after_first"])
+    baseline = runs[best]["samples_per_s_after_first"]
+    figures["plain_loop"] = {"device": device, "by_threads": runs, "best_threads": best}
+    best_epoch = max(r["samples_per_s_best_after_first"] for r in runs.values())
+    figures["ratio_ray_over_plain"] = {}
+    for label, fig in per_config.items():
+        ratio = fig["samples_per_s_after_first"] / baseline
+        # Best epoch against best epoch: on a shared machine, the least disturbed estimate.
+        ratio_best = fig["samples_per_s_best_after_first"] / best_epoch
+        figures["ratio_ray_over_plain"][label] = {"mean": ratio, "best_epoch": ratio_best}
+        print(f"ratio Ray Train {label} / best plain loop ({best} thread(s)), epochs after the first: "
+              f"{ratio:.2f} mean, {ratio_best:.2f} best epoch against best epoch (target >= 0.8)")
+
+
+def _embed_rate(model_dir: Path, workdir: Path, smi: Path, figures: dict) -> None:
+    try:
+        from dmf_ray.pipelines.embed import embed
+    except ImportError:
+        print("embed: dmf_ray.pipelines.embed is not available; skipped")
+        return
+    out = workdir / "fused"
+    started = time.perf_counter()
+    embedded = embed(str(model_dir), str(out), inputs=[str(smi)], log=lambda m: None)
+    seconds = time.perf_counter() - started
+    rate = embedded.rows / seconds
+    figures["embed"] = {"rows": embedded.rows, "failed": embedded.failed, "seconds": seconds,
+                        "molecules_per_s": rate, "ratio_over_featurize": rate / figures["featurize"]["molecules_per_s"]}
+    print(f"embed from SMILES: {embedded.rows:,} rows in {seconds:.1f} s ({rate:,.0f}/s), "
+          f"{figures['embed']['ratio_over_featurize']:.2f} x the featurize-only rate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from dmf_ray.runtime import cluster_resources, ensure_ray
 
     ensure_ray(dashboard=True)  # Ray Train
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # no 10-s progress tables in the output
-
     cpus, gpus = cluster_resources()
     if args.gpu and gpus < 1:
         print("bench: --gpu given but the cluster has no GPU", file=sys.stderr)
@@ -165,98 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         configs = [(max(1, int(cpus)), 1), (1, max(1, int(cpus)))]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="dmf-bench-train-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    figures: dict = {"machine": {"cpus": cpus, "gpus": gpus, "load_avg": os.getloadavg()},
-                     "ray": ray.__version__}
+    figures: dict = {"machine": {"cpus": cpus, "gpus": gpus, "load_avg": os.getloadavg()}, "ray": ray.__version__}
     smi = workdir / "input.smi"
+    model_dir = workdir / "model"
     try:
-        if args.store:
-            store = args.store
-        else:
-            from dmf_ray.pipelines.featurize import featurize
-
-            source = args.source if args.source.exists() else rdkit_sample()
-            smiles = read_smiles(source, args.n)
-            smi.write_text("".join(f"{s}\n" for s in smiles))
-            store = str(workdir / "store")
-            shutil.rmtree(store, ignore_errors=True)
-            started = time.perf_counter()
-            result = featurize([str(smi)], store, args.encoders.split(","), shard_rows=max(1000, len(smiles) // 8),
-                               log=lambda m: None)
-            seconds = time.perf_counter() - started
-            figures["featurize"] = {"source": str(source), "molecules": len(smiles), "seconds": seconds,
-                                    "molecules_per_s": len(smiles) / seconds}
-            print(f"featurize: {len(smiles):,} molecules from {source.name} in {seconds:.1f} s "
-                  f"({len(smiles) / seconds:,.0f}/s); {result.failed} failed to parse")
-
-        model_dir = workdir / "model"
-        per_config = {}
-        for workers, threads in configs:
-            label = f"{workers}x{threads}"
-            config = TrainConfig(store=store, out=str(model_dir), epochs=args.epochs, workers=workers,
-                                 torch_threads=threads, use_gpu=args.gpu, model={"latent_dim": args.latent_dim},
-                                 batch_size=args.batch_size, fresh=True)
-            started = time.perf_counter()
-            with GpuSampler() if args.gpu else _nothing() as sampler:
-                result = train(config, log=lambda m: print(m, flush=True))
-            fit_seconds = time.perf_counter() - started
-            history = read_metrics_file(model_dir / "metrics.jsonl")
-            rates = [h["samples_per_s"] for h in history]
-            steady = rates[1:] or rates
-            per_config[label] = {
-                "workers": workers, "threads_per_worker": threads, "n_train": result.n_train,
-                "samples_per_s_by_epoch": rates, "samples_per_s_after_first": sum(steady) / len(steady),
-                "samples_per_s_best_after_first": max(steady), "data_wait_s_by_epoch": [h["data_wait_s"] for h in history],
-                "train_call_seconds": fit_seconds, "gpu_utilisation_mean_pct": sampler.mean,
-            }
-            print(f"ray train {workers} worker(s) x {threads} thread(s): samples/s by epoch "
-                  f"{', '.join(f'{r:,.0f}' for r in rates)}; whole train() call {fit_seconds:.1f} s"
-                  + (f"; GPU utilisation {sampler.mean:.0f}%" if sampler.mean is not None else ""), flush=True)
-        figures["ray_train"] = per_config
-
+        store = _featurize_store(args, workdir, smi, figures)
+        figures["ray_train"], config = _ray_train(args, store, model_dir, configs)
         if not args.skip_plain:
-            # The baseline is the best single process on these cores: all of them as torch threads,
-            # or one thread. It runs as a Ray task so that it has the OS priority of the Ray Train
-            # workers (Ray starts its workers with nice 15): on a shared machine a baseline in
-            # this nice-0 driver would otherwise take the cores from them.
-            device = "cuda" if args.gpu else "cpu"
-            remote = ray.remote(num_cpus=cpus, num_gpus=1 if args.gpu else 0)(plain_loop)
-            runs = {}
-            for threads in sorted({1, max(1, int(cpus))}, reverse=True):
-                rates = ray.get(remote.remote(store, config, threads, device))
-                steady = rates[1:] or rates
-                runs[threads] = {"samples_per_s_by_epoch": rates, "samples_per_s_after_first": sum(steady) / len(steady),
-                                 "samples_per_s_best_after_first": max(steady)}
-                print(f"plain loop (1 process, {threads} thread(s), {device}): samples/s by epoch "
-                      f"{', '.join(f'{r:,.0f}' for r in rates)}", flush=True)
-            best = max(runs, key=lambda t: runs[t]["samples_per_s_after_first"])
-            baseline = runs[best]["samples_per_s_after_first"]
-            figures["plain_loop"] = {"device": device, "by_threads": runs, "best_threads": best}
-            best_epoch = max(r["samples_per_s_best_after_first"] for r in runs.values())
-            figures["ratio_ray_over_plain"] = {}
-            for label, fig in per_config.items():
-                ratio = fig["samples_per_s_after_first"] / baseline
-                # Best epoch against best epoch: on a shared machine, the least disturbed estimate.
-                ratio_best = fig["samples_per_s_best_after_first"] / best_epoch
-                figures["ratio_ray_over_plain"][label] = {"mean": ratio, "best_epoch": ratio_best}
-                print(f"ratio Ray Train {label} / best plain loop ({best} thread(s)), epochs after the first: "
-                      f"{ratio:.2f} mean, {ratio_best:.2f} best epoch against best epoch (target >= 0.8)")
-
+            _plain_baseline(args, store, config, cpus, figures["ray_train"], figures)
         if not args.skip_embed and "featurize" in figures:
-            try:
-                from dmf_ray.pipelines.embed import embed
-            except ImportError:
-                print("embed: dmf_ray.pipelines.embed is not available; skipped")
-            else:
-                out = workdir / "fused"
-                started = time.perf_counter()
-                embedded = embed(str(model_dir), str(out), inputs=[str(smi)], log=lambda m: None)
-                seconds = time.perf_counter() - started
-                rate = embedded.rows / seconds
-                figures["embed"] = {"rows": embedded.rows, "failed": embedded.failed, "seconds": seconds,
-                                    "molecules_per_s": rate,
-                                    "ratio_over_featurize": rate / figures["featurize"]["molecules_per_s"]}
-                print(f"embed from SMILES: {embedded.rows:,} rows in {seconds:.1f} s ({rate:,.0f}/s), "
-                      f"{figures['embed']['ratio_over_featurize']:.2f} x the featurize-only rate")
+            _embed_rate(model_dir, workdir, smi, figures)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -199,3 +199,8 @@ def embedding_matrix(column: pa.Array | pa.ChunkedArray, dim: int, dtype: str | 
     flat = column.flatten().to_numpy(zero_copy_only=False)
     out = flat.reshape(len(column), dim)
     return out.astype(dtype) if dtype else out
+
+
+def columns_from_arrow(table: pa.Table, dims: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """``ModalityBatch.from_arrow(table, dims).to_columns()``: a Ray Data ``map_batches`` step."""
+    return ModalityBatch.from_arrow(table, dims).to_columns()

@@ -36,29 +36,24 @@ import pyarrow.parquet as pq
 
 from dmf_ray import __version__
 from dmf_ray.files import exists, join, list_files, pafs, read_json, resolve, write_json, write_parquet
-from dmf_ray.modalities import ModalityBatch, embedding_matrix
+from dmf_ray.modalities import ModalityBatch, columns_from_arrow, embedding_matrix
 from dmf_ray.molecules import ID_SCHEME
 from dmf_ray.store_commits import CommitLog, LeaseLostError, split_name
 
-__all__ = ["EmbeddingStore", "StoreError", "LeaseLostError", "modality_table", "INPUTS_TABLE"]
+from dmf_ray.store_schema import (  # noqa: F401  (part of this module's interface)
+    DICTIONARY_COLUMNS,
+    FAILURES_SCHEMA,
+    IN_MEMORY_JOIN_MAX_BYTES,
+    MOLECULES_SCHEMA,
+    embedding_array,
+    embedding_type,
+    modality_schema,
+)
 
 FORMAT = "dmf_ray.store"
 FORMAT_VERSION = 2  # 2: molecule ids from the stable canonical SMILES; run-scoped file names
 DEFAULT_SHARD_ROWS = 20_000
 INPUTS_TABLE = "inputs"
-
-MOLECULES_SCHEMA = pa.schema(
-    [("mol_id", pa.string()), ("smiles", pa.string()), ("source", pa.string()), ("row", pa.int64()), ("source_id", pa.string())]
-)
-FAILURES_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.int64()), ("input", pa.string()), ("reason", pa.string())])
-# Below this many bytes of dense float32 vectors, consumers (train, embed) join a store's
-# modalities in one process with read_numpy (~0.1 s for 5k molecules) rather than with a Ray Data
-# hash join, which costs 15-25 s of fixed overhead on 2 cores whatever the size.
-IN_MEMORY_JOIN_MAX_BYTES = 2 << 30
-# Columns whose values repeat within a file, so dictionary encoding pays; ids, SMILES and vectors
-# rarely repeat: dictionary-encoding them made writing a 20k-molecule ECFP part 1.6x slower
-# (480 vs 300 ms) for a file 20% smaller.
-DICTIONARY_COLUMNS = ["source", "error", "reason"]
 
 
 class StoreError(ValueError):
@@ -67,22 +62,6 @@ class StoreError(ValueError):
 
 def modality_table(name: str) -> str:
     return f"modality={name}"
-
-
-def embedding_type(dtype: str, dim: int) -> pa.DataType:
-    return pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), dim)
-
-
-def modality_schema(dtype: str, dim: int) -> pa.Schema:
-    return pa.schema([("mol_id", pa.string()), ("embedding", embedding_type(dtype, dim)), ("error", pa.string())])
-
-
-def embedding_array(values: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """[n, dim] numpy -> nullable fixed_size_list array (null where ``valid`` is False)."""
-    n, dim = values.shape
-    flat = pa.array(np.ascontiguousarray(values).reshape(-1))
-    mask = None if valid.all() else pa.array(~valid)
-    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask)
 
 
 class EmbeddingStore:
@@ -392,7 +371,7 @@ class EmbeddingStore:
         for part in parts[1:]:
             joined = joined.join(part, join_type="full_outer", num_partitions=partitions, on=("mol_id",))
         dims = {n: int(self.modalities[n]["dim"]) for n in names}
-        return joined.map_batches(_paired_batch, batch_format="pyarrow", fn_kwargs={"dims": dims})
+        return joined.map_batches(columns_from_arrow, batch_format="pyarrow", fn_kwargs={"dims": dims})
 
     # ---- summary -------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -432,7 +411,7 @@ class EmbeddingStore:
     # ---- maintenance ---------------------------------------------------------------------
     def deduplicate(self, name: str) -> int:
         """Keep one row per mol_id in a modality (the first in file order), and only molecules
-        some committed input shard holds; returns rows removed.
+        some committed input shard holds; returns the duplicate rows removed.
 
         Two shards of one run can hold the same molecule (it was in two files); neither knew
         of the other while encoding. Both rows hold the same vector, so either may stay. A
@@ -443,13 +422,14 @@ class EmbeddingStore:
         ids = [pq.read_table(f, filesystem=self.fs, columns=["mol_id"]).column("mol_id") for f in files]
         all_ids = pd.Index(np.concatenate([c.to_numpy(zero_copy_only=False) for c in ids]) if ids else [])
         current = self.molecules_table(["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
-        duplicated = all_ids.duplicated(keep="first") | ~all_ids.isin(current)
-        if not duplicated.any():
+        orphan = ~all_ids.isin(current)
+        duplicated = all_ids.duplicated(keep="first") & ~orphan
+        if not (duplicated | orphan).any():
             return 0
         spec = self.modalities[name]
         start = 0
         for path, column in zip(files, ids):
-            drop = duplicated[start : start + len(column)]
+            drop = (duplicated | orphan)[start : start + len(column)]
             start += len(column)
             if drop.any():
                 table = pq.read_table(path, filesystem=self.fs, schema=modality_schema(spec["dtype"], spec["dim"]))
@@ -460,10 +440,6 @@ class EmbeddingStore:
 def _drop_failed_rows(batch: pa.Table) -> pa.Table:
     # A row whose encoder failed has a null embedding: the modality is absent there.
     return batch.filter(pc.is_valid(batch.column("embedding")))
-
-
-def _paired_batch(batch: pa.Table, dims: dict[str, int]) -> dict[str, np.ndarray]:
-    return ModalityBatch.from_arrow(batch, dims).to_columns()
 
 
 def encoder_identity(spec: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 _SEP = "\n  - "
 _FIELD_FIRST = re.compile(r"^[A-Za-z_][\w.]*: ")

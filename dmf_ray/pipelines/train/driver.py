@@ -139,7 +139,7 @@ def _versions() -> dict[str, str]:
 def _load_data(check: TrainingCheck, workers: int, log: Callable[[str], None]) -> TrainingData:
     """The joined, split and materialised data, or ValueError when a split would be empty."""
     config, names = check.config, check.names
-    data = load_training_data(check.store, names, config)
+    data = load_training_data(check.store, names, config, ranks=max(workers, 1))
     for dataset in (data.train, data.valid):
         if dataset is not None:  # every epoch re-reads them: progress bars would only add noise
             dataset.context.enable_progress_bars = False
@@ -176,7 +176,7 @@ def _worker_plan(check: TrainingCheck, data: TrainingData, workers: int, threads
         cache_shard=(data.n_train // world) * 4 * (sum(check.dims) + len(check.dims))
         <= config.worker_cache_mb * 2**20,
         lr=config.lr, weight_decay=config.weight_decay, grad_clip=config.grad_clip, seed=config.seed,
-        use_gpu=config.use_gpu, torch_threads=threads,
+        use_gpu=config.use_gpu, torch_threads=threads, shards=data.shards,
         metrics_path=absolute(str(out / METRICS_FILE)),
         local_checkpoints=str(run_dir / "local") if workers == 0 else None,
         call_id=call_id,
@@ -205,7 +205,7 @@ def _fit(check: TrainingCheck, data: TrainingData, plan: WorkerPlan, workers: in
             # Ray Train's INFO lines repeat every metric of every rank; rank 0 prints one line.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": data.train, "valid": data.valid},
+        datasets={} if data.shards is not None else {"train": data.train, "valid": data.valid},
     )
     try:
         result = trainer.fit()

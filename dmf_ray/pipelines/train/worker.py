@@ -20,6 +20,7 @@ from torch import Tensor
 
 from dmf_ray.model import DynamicFusion, FusionConfig, MaskSchedule
 from dmf_ray.pipelines.train.checkpoints import format_metrics, load_checkpoint, save_checkpoint, write_metrics_file
+from dmf_ray.pipelines.train.data import ArrayShards
 from dmf_ray.pipelines.train.step import LOSS_TERMS, make_optimizer, train_step, validation_sums
 
 _VAL_KEYS = ("attention", "rows", "cos", "cos_n", "loss", "loss_n")
@@ -46,6 +47,7 @@ class WorkerPlan:
     metrics_path: str
     local_checkpoints: str | None  # workers=0: checkpoints kept here, under out
     call_id: str  # tells this call's attempts from earlier ones in the checkpoint's state
+    shards: ArrayShards | None = None  # driver mode: the data per rank (else Ray Data's "train"/"valid")
     fail_at_epoch: int | None = None  # fault injection for tests (DMF_TRAIN_FAIL_AT_EPOCH), else None
     fail_marker: str | None = None
 
@@ -185,14 +187,30 @@ def _train_epoch(plan: WorkerPlan, model, optimizer, epoch: int, batches: Iterab
     return result
 
 
+def _fetch(ref, device) -> dict[str, Tensor]:
+    """A shard from the object store as tensors on ``device`` (copied: object-store arrays are read-only)."""
+    import ray
+
+    return {k: torch.from_numpy(np.array(v)).to(device) for k, v in ray.get(ref).items()}
+
+
+def _in_order(cached: Mapping[str, Tensor], batch_size: int):
+    n = len(cached["present"])
+    for start in range(0, n, batch_size):
+        yield {k: v[start: start + batch_size] for k, v in cached.items()}
+
+
 def _validate(plan: WorkerPlan, core: DynamicFusion, shard, device, result: _Epoch) -> None:
-    """Sums of the validation metrics over this rank's validation shard, into ``result.val``."""
+    """Sums of the validation metrics over this rank's validation shard (a Ray Data shard, or a
+    dict of tensors in driver mode), into ``result.val``."""
     M = plan.fusion.num_modalities
     sizes = {"attention": M, "rows": 1, "cos": M, "cos_n": M, "loss": 1, "loss_n": 1}
     result.val = {k: torch.zeros(sizes[k], dtype=torch.float64, device=device) for k in _VAL_KEYS}
     started = time.perf_counter()
-    for batch in shard.iter_torch_batches(batch_size=max(plan.per_worker_batch, 1024), device=device,
-                                          pin_memory=plan.use_gpu):
+    size = max(plan.per_worker_batch, 1024)
+    batches = _in_order(shard, size) if isinstance(shard, dict) else shard.iter_torch_batches(
+        batch_size=size, device=device, pin_memory=plan.use_gpu)
+    for batch in batches:
         for k, v in validation_sums(core, [batch[n] for n in plan.fusion.modalities], batch["present"]).items():
             result.val[k] += v.double()
     result.val_time = time.perf_counter() - started
@@ -273,8 +291,12 @@ def train_loop_per_worker(plan: WorkerPlan) -> dict:
     device = ray.train.torch.get_device() if plan.use_gpu else torch.device("cpu")
     core, model, optimizer, state = _build(plan, device, world)
     names = plan.fusion.modalities
-    cached: dict[str, Tensor] | None = None  # this rank's shard, from the first epoch of this attempt
-    train_shard, valid_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
+    # This rank's shard in memory: from the start in driver mode, else after the first epoch.
+    cached: dict[str, Tensor] | None = None
+    if plan.shards is None:
+        train_shard, valid_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("valid")
+    else:
+        cached, valid_shard = _fetch(plan.shards.train[rank], device), _fetch(plan.shards.valid[rank], device)
 
     for epoch in range(state["epoch"], plan.epochs):
         _maybe_fail(plan, epoch, rank, world)

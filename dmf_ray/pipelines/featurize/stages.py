@@ -1,67 +1,24 @@
-"""Ray Data featurisation: input files -> molecules -> encoders -> store.
-
-Stages (all streaming, so memory stays bounded whatever the library size):
-
-1. read    one task per input file cuts it into fixed chunks (shards) of rows;
-2. parse   an actor pool; per shard: RDKit parse, canonical SMILES, molecule id; writes the
-           shard's molecules and failures tables and commits them. Inline encoders (cheap
-           RDKit ones: fingerprints, descriptors) run right here on the parsed molecules, each
-           writing and committing its (shard, modality) as one file: shipping molecules to
-           another actor costs more than an ECFP. The molecules some pooled encoder still
-           lacks (new to the store, first occurrence in the shard) go on as RDKit binaries;
-3. encode  one actor pool per pooled encoder (models, plugins; GPU ones get ``num_gpus``);
-4. write   per (shard, modality) Parquet parts, each file atomic;
-5. commit  the driver counts written rows and commits a pooled (shard, modality) once all its
-           rows are on disk.
-
-A rerun of the same command removes uncommitted leftovers and redoes only what is missing.
-A molecule present in two shards of one run is encoded twice (neither shard knew of the
-other) and the second row is removed at the end (``EmbeddingStore.deduplicate``).
-"""
+"""The featurize pipeline's stages (read, parse + inline encoders, pooled encoders, write) and
+its assembly into one Ray Data pipeline; ``dmf_ray.pipelines.featurize`` drives it."""
 
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from dmf_ray.encoders import DEFAULT_ENCODERS, Encoder, encoder_from_option, encoder_from_spec
+from dmf_ray.encoders import Encoder, encoder_from_spec
 from dmf_ray.encoders.base import size_refusal
-from dmf_ray.inputs import InputError, InputFile, check_readable, discover_inputs, read_chunks
-from dmf_ray.runtime import actor_cpus
+from dmf_ray.inputs import InputFile, read_chunks
 from dmf_ray.molecules import InvalidSmilesError, Molecule, iter_parsed, mol_from_bytes, mol_to_bytes
-from dmf_ray.store import INPUTS_TABLE, EmbeddingStore, modality_table
+from dmf_ray.runtime import actor_cpus
+from dmf_ray.store import EmbeddingStore
 
 ID_DTYPE = "S24"  # molecule ids as fixed-width bytes: compact and fast to search
-
-
-@dataclass
-class FeaturizeResult:
-    store: str
-    modalities: list[str]
-    shards_committed: int
-    rows_read: int
-    failed: int
-    encoded: dict[str, int]
-    duplicates_removed: dict[str, int]
-    seconds: float
-    nothing_to_do: bool = False
-
-
-def resolve_encoders(options: list[str] | tuple[str, ...]) -> dict[str, Encoder]:
-    encoders: dict[str, Encoder] = {}
-    for option in options:
-        name, encoder = encoder_from_option(option)
-        if name in encoders:
-            raise ValueError(f"encoder {name!r} is listed twice")
-        encoders[name] = encoder
-    return encoders
 
 
 # ---- stage 1: read ------------------------------------------------------------------------
@@ -271,8 +228,8 @@ def _write_stage(batch: dict[str, np.ndarray], store_uri: str, run: str, specs: 
     return {k: np.array(v) for k, v in status.items()}
 
 
-# ---- driver ------------------------------------------------------------------------------
-def _known_ids(store: EmbeddingStore, name: str) -> np.ndarray:
+# ---- pipeline ------------------------------------------------------------------------------
+def known_ids(store: EmbeddingStore, name: str) -> np.ndarray:
     if name not in store.modalities:
         return np.array([], dtype=ID_DTYPE)
     ids = store.modality_table(name, ["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
@@ -293,7 +250,7 @@ def _parse_pool_size(files: list[InputFile], shard_rows: int, cpus: float) -> in
     return max(1, min(int(cpus), shards))
 
 
-def _build_pipeline(
+def build_pipeline(
     files: list[InputFile], store: EmbeddingStore, store_uri: str, specs: dict[str, dict],
     inline: list[str], pooled: dict[str, Encoder], *, skip: set[str], known: dict[str, np.ndarray],
     inputs_done: set[str], modality_done: dict[str, set[str]], cpus: float, gpus: float,
@@ -342,161 +299,3 @@ def _build_pipeline(
     return ds
 
 
-def _commit_statuses(
-    statuses: Iterable[dict[str, np.ndarray]], store: EmbeddingStore, pooled: dict[str, Encoder], *,
-    started: float, log: Callable[[str], None], progress_interval_s: float,
-) -> dict[tuple[str, str], int]:
-    """Count the rows written per (shard, modality) and return the counts.
-
-    Status rows: (shard, modality, rows written, rows the shard needs). Inline encoders commit
-    their own (shard, modality) in the parse actors; pooled ones are committed here once all
-    their rows are on disk. With pooled encoders, progress counts only theirs."""
-    written: dict[tuple[str, str], int] = defaultdict(int)
-    vectors = 0
-    last_log = time.time()
-    for status in statuses:
-        for shard, name, rows, expected in zip(status["shard"], status["modality"], status["rows"], status["expected"]):
-            key = (str(shard), str(name))
-            written[key] += int(rows)
-            vectors += int(rows)
-            if key[1] in pooled and written[key] == expected:
-                store.commit_modality(key[1], key[0], int(expected))
-            elif written[key] > expected:
-                raise RuntimeError(f"shard {key[0]} got {written[key]} rows of {key[1]}, expected {expected}")
-        if time.time() - last_log > progress_interval_s:
-            last_log = time.time()
-            shards_done = len({k[0] for k in written})
-            log(f"featurize: {vectors:,} vectors written for {shards_done} shard(s) "
-                f"({vectors / max(1e-9, last_log - started):,.0f} vectors/s)")
-    return written
-
-
-def _files_to_do(store: EmbeddingStore, files: list[InputFile], names: list[str]) -> tuple[list[InputFile], int]:
-    """The files some shard of which is missing (in the inputs table or a modality), and the
-    count of shards already complete. A file is complete when its last chunk and every chunk
-    before it are committed everywhere: known from the commits alone, before Ray starts."""
-    inputs = store.committed(INPUTS_TABLE)
-    complete = set(inputs).intersection(*(store.committed_keys(modality_table(n)) for n in names if n in store.modalities))
-    if any(n not in store.modalities for n in names):
-        complete = set()
-    todo, done = [], 0
-    for file in files:
-        mine = {k: r for k, r in inputs.items() if k.rsplit("-", 1)[0] == file.key}
-        last = [int(k.rsplit("-", 1)[1]) for k, r in mine.items() if r.get("last")]
-        if last and all(file.chunk_key(i) in complete for i in range(last[0] + 1)):
-            done += last[0] + 1
-        else:
-            todo.append(file)
-            done += sum(k in complete for k in mine)
-    return todo, done
-
-
-def _unwrap_input_error(exc: BaseException) -> InputError | None:
-    # A read task's InputError reaches the driver wrapped in Ray's task error: give the user the
-    # one line, not the remote traceback.
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, InputError):
-            return InputError(str(seen).strip().splitlines()[-1].split("InputError: ", 1)[-1])
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return None
-
-
-def _prepare_run(store: EmbeddingStore, files: list[InputFile], log: Callable[[str], None]) -> None:
-    """Take the store's lease (fencing a previous run's writers), replace the shards of input
-    files that changed, and delete what no commit vouches for."""
-    store.begin_run()
-    replaced = store.supersede({f.source: f.key for f in files})
-    for source, count in replaced.items():
-        log(f"{source} changed since it was featurized: its {count} old shard(s) are replaced")
-    removed = store.remove_uncommitted()
-    if removed:
-        log(f"removed {removed} uncommitted file(s) left by an interrupted run")
-
-
-def featurize(
-    inputs: list[str],
-    store_uri: str,
-    encoders: list[str] | tuple[str, ...] = DEFAULT_ENCODERS,
-    smiles_column: str | None = None,
-    id_column: str | None = None,
-    shard_rows: int | None = None,
-    log: Callable[[str], None] = print,
-    progress_interval_s: float = 10.0,
-    format: str | None = None,
-    start_ray: Callable[[], None] | None = None,
-) -> FeaturizeResult:
-    """Featurise input files into the store; see the module docstring. ``start_ray`` is called
-    once there is work to do (default: Ray must be running, ``dmf_ray.runtime.ensure_ray``).
-
-    Raises InputError (one line naming the file) for an input that cannot be read whole, before
-    anything of it is stored."""
-    started = time.time()
-    files = discover_inputs(list(inputs), smiles_column, id_column, format)
-    chosen = resolve_encoders(encoders)
-    store = EmbeddingStore.open_or_create(store_uri, **({"shard_rows": shard_rows} if shard_rows else {}))
-    if shard_rows and shard_rows != store.shard_rows:
-        log(f"note: this store cuts inputs into shards of {store.shard_rows} rows (set when it was created)")
-    names = list(chosen)
-    todo, done = _files_to_do(store, files, names)
-    if not todo:
-        log(f"nothing to do: {done}/{done} shards already committed")
-        return FeaturizeResult(store_uri, names, 0, 0, 0, {n: 0 for n in names}, {n: 0 for n in names},
-                               time.time() - started, nothing_to_do=True)
-    for file in todo:
-        note = check_readable(file)
-        if note:
-            log(f"note: {note}")
-    if start_ray is not None:
-        start_ray()
-    store.register_modalities({name: enc.spec() for name, enc in chosen.items()})
-    _prepare_run(store, files, log)
-    try:
-        return _run(store, store_uri, todo, chosen, started, log, progress_interval_s)
-    except Exception as exc:
-        error = _unwrap_input_error(exc)
-        if error is not None:
-            raise error from None
-        raise
-
-
-def _run(store: EmbeddingStore, store_uri: str, files: list[InputFile], chosen: dict[str, Encoder], started: float,
-         log: Callable[[str], None], progress_interval_s: float) -> FeaturizeResult:
-    from dmf_ray.runtime import cluster_resources, pipeline_actors_killed_on_failure
-
-    names = list(chosen)
-    specs = {n: store.modalities[n] for n in names}
-    inputs_done = store.committed_keys(INPUTS_TABLE)
-    modality_done = {n: store.committed_keys(modality_table(n)) for n in names}
-    skip = set.intersection(inputs_done, *modality_done.values()) if names else set(inputs_done)
-    known = {n: _known_ids(store, n) for n in names}
-
-    cpus, gpus = cluster_resources()
-    inline = [name for name, encoder in chosen.items() if encoder.runs_inline()]
-    pooled = {name: encoder for name, encoder in chosen.items() if name not in inline}
-    ds = _build_pipeline(files, store, store_uri, specs, inline, pooled, skip=skip, known=known,
-                         inputs_done=inputs_done, modality_done=modality_done, cpus=cpus, gpus=gpus)
-    with pipeline_actors_killed_on_failure():
-        written = _commit_statuses(ds.iter_batches(batch_size=None, batch_format="numpy"), store, pooled,
-                                   started=started, log=log, progress_interval_s=progress_interval_s)
-
-    incomplete = [k for k, v in written.items() if k[0] not in store.committed_keys(modality_table(k[1]))]
-    if incomplete:
-        raise RuntimeError(f"{len(incomplete)} shard-modalities were written only in part, e.g. {incomplete[0]}; rerun to finish them")
-    duplicates = {n: store.deduplicate(n) for n in names}
-    # What this run added to each table: its committed rows less the copies of molecules that
-    # several of its shards held (removed just above).
-    encoded = {n: sum(record["rows"] for shard, record in store.committed(modality_table(n)).items()
-                      if shard not in modality_done[n]) - duplicates[n] for n in names}
-    inputs_now = store.committed(INPUTS_TABLE)
-    new_shards = [k for k in inputs_now if k not in inputs_done]
-    return FeaturizeResult(
-        store=store_uri,
-        modalities=names,
-        shards_committed=len(new_shards),
-        rows_read=sum(inputs_now[k]["inputs"] for k in new_shards),
-        failed=sum(inputs_now[k]["failed"] for k in new_shards),
-        encoded=encoded,
-        duplicates_removed=duplicates,
-        seconds=time.time() - started,
-    )
