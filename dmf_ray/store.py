@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,18 +36,11 @@ import pyarrow.parquet as pq
 from dmf_ray import __version__
 from dmf_ray.files import exists, join, list_files, pafs, read_json, resolve, write_json, write_parquet
 from dmf_ray.modalities import ModalityBatch, columns_from_arrow, embedding_matrix
-from dmf_ray.molecules import ID_SCHEME
 from dmf_ray.store_commits import CommitLog, LeaseLostError, split_name
 
 from dmf_ray.store_schema import (  # noqa: F401  (part of this module's interface)
-    DICTIONARY_COLUMNS,
-    FAILURES_SCHEMA,
-    IN_MEMORY_JOIN_MAX_BYTES,
-    MOLECULES_SCHEMA,
-    embedding_array,
-    embedding_type,
-    modality_schema,
-)
+    DICTIONARY_COLUMNS, FAILURES_SCHEMA, IN_MEMORY_JOIN_MAX_BYTES, MOLECULES_SCHEMA, embedding_array, embedding_type,
+    modality_schema)
 
 FORMAT = "dmf_ray.store"
 FORMAT_VERSION = 2  # 2: molecule ids from the stable canonical SMILES; run-scoped file names
@@ -109,6 +101,8 @@ class EmbeddingStore:
         if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(root)):
             raise StoreError(f"{uri}: folder exists, is not empty and is not a dmf_ray store")
         import rdkit
+
+        from dmf_ray.molecules import ID_SCHEME  # imports RDKit: only when a store is created
 
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest = {
@@ -302,8 +296,7 @@ class EmbeddingStore:
         table = self.molecules_table(["mol_id", "smiles"])
         if table.num_rows == 0:
             return table
-        first = pd.Index(table.column("mol_id").to_numpy(zero_copy_only=False)).duplicated(keep="first")
-        table = table.filter(pa.array(~first))
+        table = table.filter(pa.array(~_duplicated(table.column("mol_id").to_numpy(zero_copy_only=False))))
         return table.take(pc.sort_indices(table, [("mol_id", "ascending")]))
 
     def read_numpy(
@@ -334,7 +327,7 @@ class EmbeddingStore:
             spec = self.modalities[name]
             t = tables[name]
             position = pc.index_in(t.column("mol_id"), value_set=ids).to_numpy(zero_copy_only=False)
-            keep = ~pd.isna(position)
+            keep = ~np.isnan(position.astype(np.float64))
             position = position[keep].astype(np.int64)
             matrix = np.zeros((n, spec["dim"]), dtype=spec["dtype"])
             if len(position):
@@ -420,10 +413,10 @@ class EmbeddingStore:
         if not files:
             return 0
         ids = [pq.read_table(f, filesystem=self.fs, columns=["mol_id"]).column("mol_id") for f in files]
-        all_ids = pd.Index(np.concatenate([c.to_numpy(zero_copy_only=False) for c in ids]) if ids else [])
+        all_ids = np.concatenate([c.to_numpy(zero_copy_only=False) for c in ids]) if ids else np.array([], object)
         current = self.molecules_table(["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
-        orphan = ~all_ids.isin(current)
-        duplicated = all_ids.duplicated(keep="first") & ~orphan
+        orphan = ~np.isin(all_ids, current)
+        duplicated = _duplicated(all_ids) & ~orphan
         if not (duplicated | orphan).any():
             return 0
         spec = self.modalities[name]
@@ -445,3 +438,11 @@ def _drop_failed_rows(batch: pa.Table) -> pa.Table:
 def encoder_identity(spec: dict[str, Any]) -> dict[str, Any]:
     """What must match for two specs to give the same vectors (not the class path or resources)."""
     return {k: spec.get(k) for k in ("encoder", "args", "dim", "dtype", "version")}
+
+
+def _duplicated(ids: np.ndarray) -> np.ndarray:
+    """[n] bool: True for every occurrence of an id after its first (input order)."""
+    seen = np.ones(len(ids), dtype=bool)
+    if len(ids):
+        seen[np.unique(ids, return_index=True)[1]] = False
+    return seen

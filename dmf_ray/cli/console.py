@@ -84,7 +84,7 @@ def _ray_logs_dir() -> str | None:
 
 def _c_stderr_to(logs_dir: str | None) -> None:
     """Point file descriptor 2 at a log file, keeping ``sys.stderr`` on the terminal."""
-    if logs_dir is None or getattr(_c_stderr_to, "done", False):
+    if logs_dir is None or _state.get("fd2_moved"):
         return
     sys.stderr.flush()
     terminal = os.dup(2)
@@ -92,7 +92,7 @@ def _c_stderr_to(logs_dir: str | None) -> None:
     os.dup2(log_fd, 2)
     os.close(log_fd)
     sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
-    _c_stderr_to.done = True  # type: ignore[attr-defined]
+    _state["fd2_moved"] = True
 
 
 def log(message: str) -> None:
@@ -167,3 +167,30 @@ def own_process(yes: bool) -> None:
     point) rather than ``main([...])`` inside another program: only then is the driver's C-level
     stderr pointed at the Ray logs."""
     _state["own_process"] = yes
+
+
+@contextlib.contextmanager
+def follow(bar: Step, measure: Callable[[], float], total: float | None, every_s: float = 1.0) -> Iterator[None]:
+    """Move ``bar`` to ``measure()`` every ``every_s`` seconds while the block runs: progress of
+    a workflow that reports it only in its files (e.g. one metrics line per training epoch)."""
+    if bar._progress is None:
+        yield
+        return
+    import threading
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            try:
+                bar.update(measure(), total)
+            except OSError:  # not written yet
+                pass
+
+    thread = threading.Thread(target=poll, name="dmf-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -84,10 +84,10 @@ def run_quickstart(args: argparse.Namespace) -> int:
     from dmf_ray.encoders import DEFAULT_ENCODERS
     from dmf_ray.pipelines.embed import embed
     from dmf_ray.pipelines.featurize import featurize
-    from dmf_ray.pipelines.train import TrainConfig, train
+    from dmf_ray.pipelines.train import TrainConfig
     from dmf_ray.runtime import ensure_ray
     from dmf_ray.cli.store import print_store_info
-    from dmf_ray.cli.train import epochs_line
+    from dmf_ray.cli.train import epochs_line, train_with_progress
 
     store, model, fused = (os.path.join(options.out, name) for name in PARTS)
     console.setup(args.verbose, args.num_cpus)
@@ -104,8 +104,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     console.log(f"[2/3] train the fusion model for {options.epochs} epochs with Ray Train -> {model}")
     config = build_config(TrainConfig, {"store": store, "out": model, "epochs": options.epochs, "workers": 1,
                                         **nest(TrainConfig, {"latent_dim": 128})})
-    with console.step("train") as bar:
-        trained = console.with_progress(train, bar, config, log=console.log)
+    trained = train_with_progress(config)
     console.log(f"      {epochs_line(trained)}; per-epoch metrics in {trained.metrics_file}")
 
     console.log(f"[3/3] embed the library with the trained model -> {fused}")

@@ -23,16 +23,36 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dmf_ray.pipelines.train import TrainConfig, train
+    from dmf_ray.pipelines.train import TrainConfig
 
     config = build_config(TrainConfig, args.flags.values(args))  # every field checked before Ray starts
     console.setup(args.verbose, args.num_cpus)
     # train() runs check_training first: a missing store or modality, settings that differ from
     # the run in --out, or a finished run ("nothing to do") answer before Ray starts.
-    with console.step("train") as bar:
-        result = console.with_progress(train, bar, config, log=console.log)
+    result = train_with_progress(config)
     console.log(f"model: {result.model_dir} ({epochs_line(result)}; metrics in {result.metrics_file})")
     return 0
+
+
+def train_with_progress(config):
+    """train(config) with a bar over its epochs: rank 0 appends one line per finished epoch to
+    <out>/metrics.jsonl (a resumed run's earlier epochs included)."""
+    import os
+
+    from dmf_ray.files import METRICS_FILE, is_remote
+    from dmf_ray.pipelines.train import train
+
+    metrics = None if is_remote(config.out) else os.path.join(config.out, METRICS_FILE)
+    with console.step("train (epochs)") as bar:
+        if metrics is None:
+            return console.with_progress(train, bar, config, log=console.log)
+        with console.follow(bar, lambda: _lines(metrics), config.epochs):
+            return console.with_progress(train, bar, config, log=console.log)
+
+
+def _lines(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def epochs_line(result) -> str:

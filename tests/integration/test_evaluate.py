@@ -65,7 +65,7 @@ def setup(ray_session, shared_data, tmp_path_factory):
     # The same model whose maccs encoder declares it was trained on BACE labels (as a pretrained
     # neural encoder's spec does): every row using maccs is LEAKED on bace.
     leaky = {n: dict(s.modalities[n]) for n in NAMES}
-    leaky["maccs"]["trained_on"] = {"datasets": ["BACE"], "mol_ids": None}
+    leaky["maccs"]["trained_on"] = ["moleculenet:bace"]
     save_fusion_model(root / "model-leaky", model, card={"modalities": leaky, "training": {"store": store}})
     return root, bace, str(model_dir)
 
@@ -87,7 +87,9 @@ def _csv(path: Path) -> list[dict]:
 def test_full_evaluation_writes_every_output(setup, capsys):
     root, bace, model_dir = setup
     out = root / "report"
-    assert _run_job("--model", model_dir, "--task", f"bace={bace}", "--out", str(out), "--seeds", "2") == 0
+    # The paper-protocol table (extra XGBoost fits) is covered by test_leaked_rows_and_the_auto_learner.
+    assert _run_job("--model", model_dir, "--task", f"bace={bace}", "--out", str(out), "--seeds", "2",
+                    "--no-paper-protocol") == 0
     err = capsys.readouterr().err
     assert "[bace] fusion" in err and "featurized 300 distinct SMILES (1 invalid)" in err  # progress lines
 
@@ -164,14 +166,17 @@ def test_leaked_rows_and_the_auto_learner(setup, capsys):
     out = root / "report_leaky"
     assert _run_job("--model", str(root / "model-leaky"), "--task", f"bace={bace}", "--out", str(out),
                     "--seeds", "1", "--learner", "auto", "--robustness", "none", "--n-estimators", "20", "--n-jobs", "1",
-                    "--mask-rates", "0") == 0
+                    "--mask-rates", "0", "--finetune", "--finetune-epochs", "3") == 0
     err = capsys.readouterr().err
-    assert "LEAKED: encoder 'maccs' was trained on BACE" in err and "[bace] maccs " in err
+    assert "LEAKED: encoder 'maccs' was trained on moleculenet:bace" in err and "[bace] maccs " in err
     assert "not computed: Figure 2: skipped: --robustness none" in err
     task = json.loads((out / "summary.json").read_text())["tasks"]["bace"]
-    assert set(task["leaked"]) == {"maccs", "ecfp+maccs", "maccs+rdkit2d", "ecfp+maccs+rdkit2d", "fusion"}
+    assert set(task["leaked"]) == {"maccs", "ecfp+maccs", "maccs+rdkit2d", "ecfp+maccs+rdkit2d", "fusion",
+                                   "fusion-finetuned"}
+    assert list(task["rows"])[-2:] == ["fusion", "fusion-finetuned"]
+    assert task["learners"]["fusion-finetuned"] == "finetune"
     assert task["best_row"] in ("ecfp", "rdkit2d", "ecfp+rdkit2d")  # leaked rows are never "best"
-    assert set(task["learners"].values()) <= {"rf", "xgboost", "logreg", "mlp"}
+    assert set(task["learners"].values()) <= {"rf", "xgboost", "logreg", "mlp", "finetune"}
     assert set(task["paper_protocol"]) == set(ROWS)  # XGBoost on frozen features, its own table
     assert task["not_computed"] == {"Figure 2": "skipped: --robustness none"}
     report = (out / "report.md").read_text()

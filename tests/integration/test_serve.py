@@ -418,12 +418,15 @@ def test_service_recovers_from_a_killed_replica(service, deployment):
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         killed_at = time.monotonic()
         ok_at_kill = load.ok
-        # The other Ingress replica answers at once; a killed encoder's calls are retried.
-        wait_for(lambda: load.ok >= ok_at_kill + 10, 10, "requests succeeding right after the kill")
+        # The other Ingress replica answers at once (target: back in < 10 s). The one Encoders
+        # replica's calls are retried and wait for its replacement (noticed at the next 10 s
+        # health check, then started), so they get longer.
+        limit = 10 if deployment == INGRESS else 60
+        wait_for(lambda: load.ok >= ok_at_kill + 10, limit, "requests succeeding after the kill")
         back_in = time.monotonic() - killed_at
         wait_for(lambda: any(a["name"] != victim for a in replica_actors()) and replicas(deployment) >= expected,
                  60, f"a replacement {deployment} replica")
-    print(f"{deployment}: {load.ok} ok, {load.failed} failed; 10 answers within {back_in:.1f} s of the kill")
+    print(f"{deployment}: {load.ok} ok, {load.failed} failed; 10 answers {back_in:.1f} s after the kill")
     # Only requests in flight on the killed replica may fail (at most one per client), and their
     # answer is JSON like every other error.
     assert load.failed <= clients, load.failures

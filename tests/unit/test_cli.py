@@ -195,3 +195,47 @@ def test_job_entry_points_take_the_command_flags(job):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"dmf {job}" in done.stdout and "--out" in done.stdout or "--store" in done.stdout
+
+
+def test_follow_moves_a_bar_from_a_file_written_by_others(tmp_path):
+    import time
+
+    from dmf_ray.cli import console
+    from dmf_ray.cli.train import _lines
+
+    seen = []
+
+    class Recorder:  # stands in for rich's Progress: records what the bar was told
+        def update(self, task, completed, total):
+            seen.append((completed, total))
+
+    metrics = tmp_path / "metrics.jsonl"
+    with console.follow(console.Step(Recorder(), 0), lambda: _lines(str(metrics)), 3, every_s=0.02):
+        time.sleep(0.1)  # no file yet: nothing to show, no error
+        metrics.write_text('{"epoch": 1}\n{"epoch": 2}\n')
+        deadline = time.time() + 5
+        while (2, 3) not in seen and time.time() < deadline:
+            time.sleep(0.02)
+    assert (2, 3) in seen and all(total == 3 for _, total in seen)
+
+
+def test_train_flags_build_the_nested_train_config():
+    from dmf_ray.cli.flags import build_config
+    from dmf_ray.pipelines.train import TrainConfig
+
+    parser = build_parser(["train"])
+
+    def config(*flags: str):
+        args = parser.parse_args(["train", "--store", "st", "--out", "m", *flags])
+        return build_config(TrainConfig, args.flags.values(args))
+
+    c = config("--modalities", "ecfp, maccs", "--epochs", "3", "--workers", "1", "--gpu", "--latent-dim", "64",
+               "--batch-size", "32", "--mask-kind", "cosine", "--overwrite", "--cpus-per-worker", "0.5")
+    assert c.modalities == ["ecfp", "maccs"]
+    assert (c.epochs, c.workers, c.use_gpu, c.model.latent_dim, c.batch_size) == (3, 1, True, 64, 32)
+    assert c.masking.kind == "cosine" and c.fresh and c.cpus_per_worker == 0.5
+    assert config() == TrainConfig(store="st", out="m")
+    nested = config("--mask-steps", "3", "--std-floor", "1e-4", "--entropy-weight", "0")
+    assert (nested.masking.steps, nested.model.std_floor, nested.model.entropy_weight) == (3, 1e-4, 0.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--store", "st", "--out", "m", "--mask-kind", "zigzag"])

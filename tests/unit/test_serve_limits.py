@@ -117,3 +117,26 @@ def test_queue_answers_in_order_and_drops_cancelled_work():
 
     stats = asyncio.run(scenario())
     assert stats.dropped > 0 and stats.encoded + stats.dropped <= 4 + 800
+
+
+def test_queue_batches_jobs_together_for_gpu_encoders():
+    """The GPU path: one encoder call per step over every job's slice, same answers."""
+    molecules = [parse_smiles(s) for s in ["CCO", "c1ccccc1", "CCN", "CCCl"]]
+    ecfp = create_encoder("ecfp")
+    calls = []
+
+    class Counting:
+        def encode(self, part):
+            calls.append(len(part))
+            return ecfp.encode(part)
+
+    async def scenario():
+        queue = EncodeQueue({"ecfp": Counting()}, step_atoms=10_000, max_step_molecules=512, together=True)
+        atoms = [m.mol.GetNumHeavyAtoms() for m in molecules]
+        return await asyncio.gather(queue.submit(molecules[:2], atoms[:2], ["ecfp"]),
+                                    queue.submit(molecules[2:], atoms[2:], ["ecfp"]))
+
+    first, second = asyncio.run(scenario())
+    np.testing.assert_array_equal(first["ecfp"].values, ecfp.encode(molecules[:2]).values)
+    np.testing.assert_array_equal(second["ecfp"].values, ecfp.encode(molecules[2:]).values)
+    assert calls == [4]  # both requests in one encoder call

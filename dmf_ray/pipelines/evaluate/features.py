@@ -35,7 +35,7 @@ _POOL_MIN_MOLECULES = 3000  # below this a process pool costs more to start than
 _ENCODERS: dict[str, Any] = {}  # spec (as JSON) -> encoder, built once per process
 
 
-def _encoders_for(specs: Mapping[str, dict]) -> dict:
+def encoders_for(specs: Mapping[str, dict]) -> dict:
     """The encoders of ``specs`` (modality -> spec), each built once per process and kept."""
     from dmf_ray.encoders import encoder_from_spec
 
@@ -50,7 +50,7 @@ def _encoders_for(specs: Mapping[str, dict]) -> dict:
 
 def _forkable(spec: Mapping[str, Any]) -> bool:
     """Whether the encoder of ``spec`` may run in a forked child: only inline (RDKit-only) ones."""
-    return bool(_encoders_for({"m": spec})["m"].runs_inline())
+    return bool(encoders_for({"m": spec})["m"].runs_inline())
 
 
 def encode_chunk(smiles: Sequence[str], specs: Mapping[str, dict]) -> tuple[ModalityBatch, list[str | None]]:
@@ -61,7 +61,7 @@ def encode_chunk(smiles: Sequence[str], specs: Mapping[str, dict]) -> tuple[Moda
 
     from dmf_ray.encoders.batch import encode_smiles
 
-    encoders = _encoders_for(specs)
+    encoders = encoders_for(specs)
     # RDKit's warnings ("not removing hydrogen atom without neighbors", thousands on HIV) are
     # silenced; a parse failure still carries RDKit's reason, and is counted in the report.
     with rdBase.BlockLogs():
@@ -180,7 +180,7 @@ def _assemble(distinct: list[str], specs: Mapping[str, dict], parts: list[tuple[
               workers: int, seconds: float) -> FeaturizedSmiles:
     """One :class:`FeaturizedSmiles` from the chunks' parts (rows in the order of ``distinct``)."""
     names = list(specs)
-    encoders = _encoders_for(specs)
+    encoders = encoders_for(specs)
     if parts:
         batch = ModalityBatch.concat([p[0] for p in parts])
     else:

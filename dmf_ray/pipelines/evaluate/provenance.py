@@ -3,8 +3,9 @@ overlap with the task, per split) and what each encoder's model was trained on (
 
 An encoder declares its training data as ``trained_on`` (an attribute of the Encoder, copied
 into its spec and so into the model card): a list of dataset names, optionally prefixed by
-their source (``["tdc:BBB_Martins", "moleculenet:bbbp", ...]``), or, where the molecules are
-known too, ``{"datasets": [...], "mol_ids": [dmf mol_id, ...]}``.
+their source (``["tdc:BBB_Martins", "moleculenet:bbbp", ...]``). Where the molecules are known
+too, an encoder attribute may be ``{"datasets": [...], "mol_ids": [dmf mol_id, ...]}`` (read
+from the encoder when the card's spec records no ``trained_on``; the spec itself holds names).
 
 A task whose dataset is among an encoder's ``datasets`` makes every row that uses that encoder
 LEAKED: its labels were seen while the encoder was trained. Names match case-insensitively,
@@ -52,10 +53,10 @@ def trained_on(spec: Mapping[str, Any]) -> dict[str, Any] | None:
     """An encoder's declared training data from its spec, or from the encoder itself (older
     cards); None when it declares nothing. Raises ValueError for a malformed declaration."""
     declared = spec.get("trained_on")
-    if declared is None:
-        from dmf_ray.encoders import encoder_from_spec
+    if declared is None:  # a card written before specs recorded it: ask the encoder (built once)
+        from dmf_ray.pipelines.evaluate.features import encoders_for
 
-        declared = getattr(encoder_from_spec(dict(spec)), "trained_on", None)
+        declared = getattr(encoders_for({"m": spec})["m"], "trained_on", None)
     if not declared:  # None, or an empty list: nothing declared (rule-based encoders)
         return None
     if isinstance(declared, (list, tuple)):

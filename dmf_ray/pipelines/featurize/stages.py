@@ -32,6 +32,9 @@ POOLED_BLOCK_BYTES = 1 << 20
 # .csv.gz through pyarrow's CSV reader); declared so Ray schedules it honestly and its memory
 # detector has nothing to flag.
 READ_TASK_MEMORY = 256 << 20
+# A write task's worker with pooled encoders (measured 167-186 MiB in benchmarks/bench_neural.py,
+# where Ray Data's memory detector flagged it undeclared).
+WRITE_TASK_MEMORY = 256 << 20
 SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("source", pa.string()), ("file", pa.string()), ("last", pa.bool_()),
                           ("rows", pa.list_(pa.int64())), ("smiles", pa.list_(pa.string())),
                           ("source_id", pa.list_(pa.string())), ("problem", pa.list_(pa.string()))])
@@ -242,7 +245,7 @@ def _parse_pool_size(files: list[InputFile], shard_rows: int, cpus: float) -> in
     bound the shard count from above, so an actor may stay idle on a small library; Ray Data
     warns about that, which would only puzzle the user. The filter is set here, per run, rather
     than at import: pytest and warnings.catch_warnings callers reset filters set at import."""
-    warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for 'MapBatches\(_ParseStage\)'")
+    warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for 'MapBatches\((_ParseStage|EncodeStage)\)'")
     shards = sum(max(1, math.ceil(f.size / (MIN_BYTES_PER_ROW * shard_rows))) for f in files)
     return max(1, min(int(cpus), shards))
 
@@ -291,7 +294,7 @@ def build_pipeline(
             fn_constructor_kwargs={"name": name, "spec": specs[name]},
         )
     if pooled:
-        ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05,
+        ds = ds.map_batches(_write_stage, batch_size=4096, batch_format="numpy", num_cpus=0.05, memory=WRITE_TASK_MEMORY,
                             fn_kwargs={"store_uri": store_uri, "run": store.log.run, "specs": {n: specs[n] for n in pooled}})
     return ds
 

@@ -33,7 +33,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,7 +185,7 @@ def _worker_plan(check: TrainingCheck, data: TrainingData, workers: int, threads
     )
 
 
-def _fit(check: TrainingCheck, data: TrainingData, plan: WorkerPlan, workers: int, cpus: float):
+def _fit(check: TrainingCheck, data: TrainingData, plan: WorkerPlan, workers: int, cpus: float, callbacks=()):
     """Run the TorchTrainer; returns Ray Train's Result (with a checkpoint) or raises TrainingError."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -204,6 +204,7 @@ def _fit(check: TrainingCheck, data: TrainingData, plan: WorkerPlan, workers: in
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             # Ray Train's INFO lines repeat every metric of every rank; rank 0 prints one line.
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
         datasets={} if data.shards is not None else {"train": data.train, "valid": data.valid},
     )
@@ -278,8 +279,11 @@ def _metrics_file(destination: Destination) -> str:
     return str(Path(destination.local) / METRICS_FILE)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+def train(config: TrainConfig, log: Callable[[str], None] = print, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train (or resume, or recognise as done) the model `config` describes; see the module doc.
+
+    ``callbacks``: Ray Train UserCallbacks for the run (``dmf tune`` passes Ray Tune's
+    TuneReportCallback, so every epoch's metrics reach the search scheduler).
 
     Starts a local Ray if none is connected (after check_training: a finished model, a bad
     modality or a conflicting out never start one). Raises ValueError naming the problem for an
@@ -310,7 +314,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     log(f"training: {workers} worker(s) x {cpus:g} CPU, {threads} thread(s) each"
         f"{', 1 GPU each' if config.use_gpu else ''}; global batch {plan.per_worker_batch * max(workers, 1)}, "
         f"{plan.steps_per_epoch} steps/epoch, {config.epochs} epochs; checkpoints in {_storage(check)}")
-    result = _fit(check, data, plan, workers, cpus)
+    result = _fit(check, data, plan, workers, cpus, callbacks)
     return _finish(check, data, plan, workers, result, started, log)
 
 

@@ -1,0 +1,216 @@
+"""Fine-tuning the pretrained fusion model plus a head on a task's labels, with modality masking
+kept on, and the ROC-AUC robustness figures (0, 1, 2 modalities withheld at inference).
+
+In-process torch on the driver: a MoleculeNet task (1-40k molecules) fits in memory and a few
+epochs of a small head cost seconds, less than starting a Ray Train worker group."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from dmf_ray.model import sample_training_mask
+from dmf_ray.model.validation import ConfigModel
+from dmf_ray.modalities import ModalityBatch
+from dmf_ray.pipelines.finetune.model import FinetunedModel, Head, Predictor, probabilities, save_finetuned
+
+
+class TaskLike(Protocol):
+    """What finetune reads of a task (dmf_ray.pipelines.evaluate's Task has it): per split
+    ``"train"``, ``"valid"``, ``"test"``, the SMILES and float labels [n, T] (NaN = missing)."""
+
+    name: str
+    smiles: dict[str, list[str]]
+    labels: dict[str, np.ndarray]
+    label_names: list[str]
+    kind: str
+
+
+class FinetuneConfig(ConfigModel):
+    """Everything `dmf finetune` takes. Raises ConfigError (a ValueError) naming every problem."""
+
+    model: str = Field(description="pretrained fusion model directory (`dmf train --out`, or `dmf tune`'s out)")
+    task: str = Field(description="the task: a folder with train.csv, valid.csv, test.csv (MoleculeNet style)")
+    out: str = Field(description="model directory to write: the fine-tuned fusion model plus head.safetensors")
+    epochs: int = Field(30, ge=1, strict=True, description="most passes over the training split")
+    patience: int = Field(5, ge=1, strict=True,
+                          description="stop after this many epochs without a better validation ROC-AUC (the best "
+                                      "epoch is kept)")
+    batch_size: int = Field(64, ge=1, strict=True, description="molecules per step")
+    lr: float = Field(1e-3, gt=0, strict=True, allow_inf_nan=False, description="AdamW learning rate of the head")
+    fusion_lr: float = Field(1e-4, ge=0, strict=True, allow_inf_nan=False,
+                             description="AdamW learning rate of the fusion model (0 = frozen)")
+    weight_decay: float = Field(1e-4, ge=0, strict=True, allow_inf_nan=False, description="AdamW weight decay")
+    head_hidden: int = Field(128, ge=1, strict=True, description="hidden width of the MLP head")
+    dropout: float = Field(0.1, ge=0, lt=1, strict=True, allow_inf_nan=False, description="dropout in the head")
+    mask_p: float = Field(0.3, ge=0, le=1, strict=True, allow_inf_nan=False,
+                          description="probability of hiding each present modality of a molecule at each step "
+                                      "(kept on so the predictor still works with modalities missing)")
+    seed: int = Field(0, ge=0, strict=True, description="seed for the head's initialisation, masking and order")
+
+
+@dataclass
+class FinetuneResult:
+    model_dir: str
+    valid_auc: float | None  # at the best epoch
+    test_auc: float | None
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Mean ROC-AUC (sklearn.metrics.roc_auc_score, scikit-learn 1.x) over the label columns
+    that have both classes among their non-NaN labels; None when none has. labels, scores [n, T]."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = []
+    for t in range(labels.shape[1]):
+        known = ~np.isnan(labels[:, t]) & ~np.isnan(scores[:, t])
+        y = labels[known, t]
+        if len(np.unique(y)) == 2:
+            aucs.append(roc_auc_score(y, scores[known, t]))
+    return float(np.mean(aucs)) if aucs else None
+
+
+@dataclass
+class _Split:
+    batch: ModalityBatch  # the molecules that parsed
+    labels: np.ndarray  # float64 [n, T] of those molecules
+
+
+def _encode(predictor_encoders: dict, names: list[str], task: TaskLike, split: str) -> _Split:
+    from dmf_ray.encoders.batch import encode_smiles
+
+    encoded = encode_smiles(task.smiles[split], predictor_encoders, names)
+    return _Split(encoded.batch, np.asarray(task.labels[split], dtype=np.float64)[encoded.rows])
+
+
+def _check_task(task: TaskLike) -> None:
+    if task.kind != "classification":
+        raise ValueError(f"task {task.name}: finetune supports classification tasks (0/1 labels), got {task.kind}")
+    for split in ("train", "valid", "test"):
+        if len(task.smiles.get(split, [])) == 0:
+            raise ValueError(f"task {task.name}: the {split} split is empty")
+
+
+def _epoch(model: FinetunedModel, optimizer, data: _Split, config: FinetuneConfig, generator) -> float:
+    """One pass with modality masking on; returns the mean loss (BCE over known labels)."""
+    model.train()
+    names = list(model.fusion.config.modalities)
+    values, present = data.batch.float32(), torch.from_numpy(data.batch.present)
+    labels = torch.from_numpy(data.labels).float()
+    order = torch.randperm(len(labels), generator=generator)
+    total, steps = 0.0, 0
+    for start in range(0, len(order), config.batch_size):
+        idx = order[start: start + config.batch_size]
+        known = ~torch.isnan(labels[idx])
+        if not known.any():
+            continue
+        masked = sample_training_mask(present[idx], config.mask_p, generator)
+        logits = model([torch.from_numpy(values[n])[idx] for n in names], present[idx], masked)
+        loss = F.binary_cross_entropy_with_logits(logits[known], labels[idx][known])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total, steps = total + float(loss.detach()), steps + 1
+    return total / max(steps, 1)
+
+
+def _optimizer(model: FinetunedModel, config: FinetuneConfig) -> torch.optim.Optimizer:
+    groups = [{"params": model.head.parameters(), "lr": config.lr}]
+    if config.fusion_lr > 0:
+        groups.append({"params": model.fusion.parameters(), "lr": config.fusion_lr})
+    else:
+        model.fusion.requires_grad_(False)
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def finetune(config: FinetuneConfig, task: TaskLike, log: Callable[[str], None] = print) -> FinetuneResult:
+    """Fine-tune ``config.model`` with a new head on ``task`` (loaded by the caller, e.g. with
+    dmf_ray.pipelines.evaluate's load_task: workflows do not import each other) and write
+    ``config.out``. The epoch with the best validation ROC-AUC is kept.
+
+    Raises ValueError for a regression task, an empty split, or a model directory that does not
+    load (ValueError/FileNotFoundError from dmf_ray.artifact)."""
+    from dmf_ray.artifact import load_fusion_model
+    from dmf_ray.encoders.base import encoder_from_spec
+
+    started = time.time()
+    _check_task(task)
+    fusion, card = load_fusion_model(config.model)
+    names = list(fusion.config.modalities)
+    encoders = {m: encoder_from_spec(card["modalities"][m]) for m in names}
+    data = {s: _encode(encoders, names, task, s) for s in ("train", "valid", "test")}
+    torch.manual_seed(config.seed)
+    model = FinetunedModel(fusion, Head(fusion.config.latent_dim, config.head_hidden, len(task.label_names),
+                                        config.dropout))
+    optimizer, generator = _optimizer(model, config), torch.Generator().manual_seed(config.seed)
+    log(f"finetune {task.name}: {len(data['train'].labels)} training, {len(data['valid'].labels)} validation "
+        f"molecules; {len(task.label_names)} label(s); masking p={config.mask_p}")
+    best: tuple[float, int, dict] | None = None
+    history: list[dict[str, Any]] = []
+    for epoch in range(config.epochs):
+        loss = _epoch(model, optimizer, data["train"], config, generator)
+        auc = roc_auc(data["valid"].labels, probabilities(model, data["valid"].batch))
+        history.append({"epoch": epoch + 1, "train_loss": loss, "valid_auc": auc})
+        log(f"  epoch {epoch + 1}: loss {loss:.4f}, valid ROC-AUC {auc if auc is None else f'{auc:.4f}'}")
+        if auc is not None and (best is None or auc > best[0]):
+            best = (auc, epoch + 1, copy.deepcopy(model.state_dict()))
+        elif best is not None and epoch + 1 - best[1] >= config.patience:
+            break
+    if best is not None:
+        model.load_state_dict(best[2])
+    test_auc = roc_auc(data["test"].labels, probabilities(model, data["test"].batch))
+    result = FinetuneResult(config.out, best[0] if best else None, test_auc, best[1] if best else len(history),
+                            len(history), history, time.time() - started)
+    save_finetuned(config.out, model, _card(card, config, task, result))
+    log(f"model written to {config.out}: best epoch {result.best_epoch}, valid ROC-AUC {result.valid_auc}, "
+        f"test ROC-AUC {test_auc}")
+    return result
+
+
+def _card(pretrained: dict, config: FinetuneConfig, task: TaskLike, result: FinetuneResult) -> dict[str, Any]:
+    keep = {k: v for k, v in pretrained.items() if k not in ("format", "format_version", "fusion", "weights_sha256")}
+    return {**keep, "finetune": {**config.model_dump(), "task_name": task.name, "label_names": list(task.label_names),
+                                 "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                                 "valid_auc": result.valid_auc, "test_auc": result.test_auc,
+                                 "history": result.history}}
+
+
+def robustness(model_dir: str, task: TaskLike, split: str = "test", max_withheld: int = 2) -> dict[str, Any]:
+    """Test ROC-AUC with 0, 1, ..., ``max_withheld`` modalities withheld at inference.
+
+    Returns {"by_subset": {"-": auc, "ecfp": auc, "ecfp+maccs": auc, ...} (the withheld
+    modalities, '-' for none), "mean": {"0": auc, "1": mean over subsets of one, "2": ...}}; a
+    count that would withhold every modality is left out of "mean" with a reason in "skipped"."""
+    predictor = Predictor(model_dir)
+    data = _encode(predictor.encoders, predictor.modalities, task, split)
+    by_subset: dict[str, float | None] = {}
+    mean: dict[str, float | None] = {}
+    skipped: dict[str, str] = {}
+    for k in range(max_withheld + 1):
+        if k >= len(predictor.modalities):
+            skipped[str(k)] = f"the model has {len(predictor.modalities)} modalities: nothing would be left"
+            continue
+        scores = []
+        for combo in itertools.combinations(predictor.modalities, k):
+            auc = roc_auc(data.labels, probabilities(predictor.model, data.batch.withhold(combo)))
+            by_subset["+".join(combo) or "-"] = auc
+            scores.append(auc)
+        defined = [s for s in scores if s is not None]
+        mean[str(k)] = float(np.mean(defined)) if defined else None
+    return {"split": split, "by_subset": by_subset, "mean": mean, "skipped": skipped}
+
+
+__all__: Sequence[str] = ("FinetuneConfig", "FinetuneResult", "TaskLike", "finetune", "robustness", "roc_auc")
