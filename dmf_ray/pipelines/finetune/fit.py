@@ -1,5 +1,7 @@
 """Fine-tuning the pretrained fusion model plus a head on a task's labels, with modality masking
-kept on, and the ROC-AUC robustness figures (0, 1, 2 modalities withheld at inference).
+kept on, and the ROC-AUC robustness figures (0, 1, 2 modalities withheld at inference). The
+training loop itself is dmf_ray.model.finetune.fit_finetuned; this module adds the task, the
+encoders, ROC-AUC as the valid score, and the model directory.
 
 In-process torch on the driver: a MoleculeNet task (1-40k molecules) fits in memory and a few
 epochs of a small head cost seconds, less than starting a Ray Train worker group."""
