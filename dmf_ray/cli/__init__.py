@@ -2,8 +2,9 @@
 configs (``flags``), output kept to dmf's own lines (``console``).
 
 One module per command group: ``quickstart``, ``store`` (featurize, store info), ``train``,
-``embed``, ``evaluate``, ``serve``. Only the chosen command's module is imported, and only when
-it runs or prints its help, so ``dmf --help`` imports no torch, Ray or RDKit.
+``tune``, ``finetune``, ``embed``, ``evaluate``, ``serve``. Only the chosen command's module is
+imported, and only when it runs or prints its help, so ``dmf --help`` imports no torch, Ray or
+RDKit.
 
 Known problems (missing file, unknown encoder, absent column, bad setting, incompatible store...)
 end the command with one line naming the problem and exit status 2, never a traceback.
@@ -27,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "featurize": ("featurize", "add molecules and/or modalities to an embedding store (Ray Data)"),
     "train": ("train", "train the fusion model on a store with Ray Train (DDP, progressive masking)"),
     "embed": ("embed", "fused embeddings for a library (input files or a store) with a trained model"),
+    "tune": ("tune", "search training settings with Ray Tune (ASHA; each trial a Ray Train run); best model to --out"),
+    "finetune": ("finetune", "fine-tune a model plus a head on a task's labels (masking kept on); robustness figures"),
     "evaluate": ("evaluate", "downstream benchmark of a model: Table 1, robustness, reconstruction, attention"),
     "serve": ("serve", "serve a trained model over HTTP with Ray Serve (blocking; Ctrl-C stops)"),
     "store": ("store", "inspect a store (store info)"),

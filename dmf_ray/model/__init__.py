@@ -6,6 +6,7 @@ masking        MaskSchedule (the progressive curriculum), sample_training_mask
 normalization  the one statistics code: Moments, batch_moments, array_moments, scale_of,
                normalization_stats
 metrics        the one reconstruction cosine: reconstruction_cosine, row_cosine, mean_cosine
+finetune       Head, FinetunedModel, fit_finetuned: a head trained on task labels with masking on
 validation     ConfigModel: every typed config validated one way, all problems in one message
 """
 

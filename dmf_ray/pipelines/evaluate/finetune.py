@@ -8,7 +8,9 @@ rows; each step hides present modalities with probability ``mask_p`` (``sample_t
 never all of a molecule's), as pretraining does. Loss: binary cross-entropy on the logits
 (classification) or squared error on standardised targets (regression), over the labels present
 (NaN labels are skipped). The epoch with the best valid metric is kept (early stopping after
-``patience`` epochs without improvement). The decoders are not used.
+``patience`` epochs without improvement). The decoders are not used. The head, the masked loop
+and the best-on-valid selection are the core's (dmf_ray.model.finetune), shared with ``dmf finetune``;
+this module adds the table wiring (target scaling, the task's metric, rows and robustness).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dmf_ray.model.finetune import FinetunedModel, Head, fit_finetuned, make_optimizer, predict_logits
 from dmf_ray.pipelines.evaluate import metrics as _metrics
 from dmf_ray.pipelines.evaluate.table import TaskRun
 from dmf_ray.pipelines.evaluate.taskdata import TaskData
@@ -39,33 +42,11 @@ class FinetuneSettings:
 
 
 class _Predictor:
-    """Fusion model + linear head; ``logits(batch rows)`` ``[n, T]`` float32 tensors."""
+    """A tuned ``FinetunedModel`` (a float32 copy of the fusion + a linear head) and how to undo
+    the target standardisation: ``scale`` (mean, std), (0, 1) for classification."""
 
-    def __init__(self, model, n_tasks: int):
-        import torch
-
-        self.fusion = copy.deepcopy(model).float().train()
-        self.head = torch.nn.Linear(model.config.latent_dim, n_tasks)
-        self.parameters = list(self.fusion.parameters()) + list(self.head.parameters())
-
-    def logits(self, inputs: list, present, masked=None):
-        return self.head(self.fusion(inputs, present, masked, reconstruct=False).fused)
-
-    def state(self) -> tuple[dict, dict]:
-        return copy.deepcopy(self.fusion.state_dict()), copy.deepcopy(self.head.state_dict())
-
-    def load(self, state: tuple[dict, dict]) -> None:
-        self.fusion.load_state_dict(state[0])
-        self.head.load_state_dict(state[1])
-
-
-def _tensors(data: TaskData, rows: np.ndarray, keep: np.ndarray | None = None) -> tuple[list, object]:
-    """(raw inputs per modality [n, d_m] float32, presence [n, M] bool) of ``rows``."""
-    import torch
-
-    present = (data.present if keep is None else keep)[rows]
-    return ([torch.as_tensor(np.asarray(data.values[m][rows], dtype=np.float32)) for m in data.modalities],
-            torch.as_tensor(present))
+    def __init__(self, model: FinetunedModel, scale: tuple[float, float]):
+        self.model, self.scale = model, scale
 
 
 def _targets(data: TaskData, kind: str) -> tuple[np.ndarray, float, float]:
@@ -77,75 +58,51 @@ def _targets(data: TaskData, kind: str) -> tuple[np.ndarray, float, float]:
     return (y - mean) / std, mean, std
 
 
+def _outputs(model: FinetunedModel, data: TaskData, rows: np.ndarray, kind: str, scale: tuple[float, float],
+             keep: np.ndarray | None = None) -> np.ndarray:
+    import torch
+
+    logits = predict_logits(model, data.batch.subset(rows), None if keep is None else keep[rows])
+    if kind == "classification":
+        return torch.sigmoid(torch.from_numpy(logits)).numpy()
+    return logits * scale[1] + scale[0]
+
+
 def predict(predictor: _Predictor, data: TaskData, rows: np.ndarray, kind: str, scale: tuple[float, float],
             keep: np.ndarray | None = None) -> np.ndarray:
     """Predictions float64 ``[len(rows), T]`` (probabilities or label units) with ``keep`` ``[N, M]``
     as the presence (default: the task's own)."""
-    import torch
-
-    inputs, present = _tensors(data, rows, keep)
-    predictor.fusion.eval()
-    with torch.no_grad():
-        out = predictor.logits(inputs, present).double()
-    predictor.fusion.train()
-    out = torch.sigmoid(out) if kind == "classification" else out * scale[1] + scale[0]
-    return out.numpy()
+    return _outputs(predictor.model, data, rows, kind, scale, keep)
 
 
 def finetune(model, data: TaskData, seed: int, settings: FinetuneSettings = FinetuneSettings()
              ) -> tuple[_Predictor, tuple[float, float], int]:
-    """Train a predictor on the task's train split, keep the epoch best on valid.
+    """Train a predictor on the task's train split (dmf_ray.model.finetune.fit_finetuned), keep
+    the epoch best on valid. ``model`` is not changed (a copy is tuned).
 
     Returns (the predictor, the target scale (mean, std), the epoch kept, 1-based).
     """
     import torch
 
-    from dmf_ray.model import sample_training_mask
-
     kind = data.task.kind
     metric = _metrics.primary_metric(kind)
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    predictor = _Predictor(model, data.labels["train"].shape[1])
-    y_all, mean, std = _targets(data, kind)
-    opt = torch.optim.AdamW(predictor.parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    train = data.split_of("train")
-    best, best_epoch, since = None, 0, 0
-    for epoch in range(1, settings.epochs + 1):
-        order = torch.randperm(len(train), generator=gen).numpy()
-        for start in range(0, len(train), settings.batch_size):
-            positions = order[start:start + settings.batch_size]  # within the train split
-            inputs, present = _tensors(data, train[positions])
-            masked = sample_training_mask(present, settings.mask_p, generator=gen)
-            y = torch.as_tensor(y_all[positions])
-            loss = _loss(predictor.logits(inputs, present, masked).double(), y, kind)
-            if loss is None:
-                continue
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        valid = _metrics.score(data.labels["valid"], predict(predictor, data, data.split_of("valid"), kind,
-                                                             (mean, std)), kind)[metric]
-        if best is None or _metrics.is_better(valid, best[0], metric):
-            best, best_epoch, since = (valid, predictor.state()), epoch, 0
-        else:
-            since += 1
-            if since >= settings.patience:
-                break
-    predictor.load(best[1])
-    return predictor, (mean, std), best_epoch
+    head = Head(model.config.latent_dim, 0, data.labels["train"].shape[1])  # hidden=0: a linear head
+    tuned = FinetunedModel(copy.deepcopy(model).float(), head)
+    y_train, mean, std = _targets(data, kind)
+    valid = data.split_of("valid")
 
+    def score_valid(m: FinetunedModel) -> float:
+        out = _outputs(m, data, valid, kind, (mean, std))
+        return _metrics.score(data.labels["valid"], out, kind)[metric]
 
-def _loss(out, y, kind: str):
-    """Mean loss over the present labels of a batch (None when the batch has none)."""
-    import torch
-
-    labelled = ~torch.isnan(y)
-    if not labelled.any():
-        return None
-    if kind == "classification":
-        return torch.nn.functional.binary_cross_entropy_with_logits(out[labelled], y[labelled])
-    return ((out[labelled] - y[labelled]) ** 2).mean()
+    opt = make_optimizer(tuned, settings.lr, settings.weight_decay)
+    fit = fit_finetuned(tuned, opt, data.batch.subset(data.split_of("train")), y_train, score_valid,
+                        epochs=settings.epochs, patience=settings.patience, batch_size=settings.batch_size,
+                        mask_p=settings.mask_p, generator=torch.Generator().manual_seed(seed),
+                        loss="bce" if kind == "classification" else "mse",
+                        better=lambda a, b: _metrics.is_better(a, b, metric))
+    return _Predictor(tuned, (mean, std)), (mean, std), fit.best_epoch
 
 
 def run_finetune(run: TaskRun, settings: FinetuneSettings = FinetuneSettings()) -> None:

@@ -11,8 +11,9 @@ still works when modalities are missing; robustness figures with modalities with
     robustness("./bbbp", task)["mean"]                          # {"0": auc, "1": auc, "2": auc}
 
 The task is handed in rather than loaded here: the task loader is the evaluate workflow's, and no
-workflow imports another (issue 12). Modules: ``fit`` (config, training loop, ROC-AUC, robustness),
-``model`` (the head, the model directory, Predictor)."""
+workflow imports another (issue 12). Modules: ``fit`` (config, ROC-AUC, robustness; the head and
+the masked training loop are the core's, dmf_ray.model.finetune, shared with evaluate's
+``fusion-finetuned`` row), ``model`` (the model directory, Predictor)."""
 
 from dmf_ray.pipelines.finetune.fit import FinetuneConfig, FinetuneResult, TaskLike, finetune, robustness, roc_auc
 from dmf_ray.pipelines.finetune.model import HEAD_WEIGHTS, FinetunedModel, Predictor, load_finetuned, save_finetuned

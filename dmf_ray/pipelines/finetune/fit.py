@@ -1,12 +1,13 @@
 """Fine-tuning the pretrained fusion model plus a head on a task's labels, with modality masking
-kept on, and the ROC-AUC robustness figures (0, 1, 2 modalities withheld at inference).
+kept on, and the ROC-AUC robustness figures (0, 1, 2 modalities withheld at inference). The
+training loop itself is dmf_ray.model.finetune.fit_finetuned; this module adds the task, the
+encoders, ROC-AUC as the valid score, and the model directory.
 
 In-process torch on the driver: a MoleculeNet task (1-40k molecules) fits in memory and a few
 epochs of a small head cost seconds, less than starting a Ray Train worker group."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -15,13 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from dmf_ray.model import sample_training_mask
+from dmf_ray.model.finetune import FinetunedModel, Head, fit_finetuned, make_optimizer
 from dmf_ray.model.validation import ConfigModel
 from dmf_ray.modalities import ModalityBatch
-from dmf_ray.pipelines.finetune.model import FinetunedModel, Head, Predictor, probabilities, save_finetuned
+from dmf_ray.pipelines.finetune.model import Predictor, probabilities, save_finetuned
 
 
 class TaskLike(Protocol):
@@ -104,38 +104,6 @@ def _check_task(task: TaskLike) -> None:
             raise ValueError(f"task {task.name}: the {split} split is empty")
 
 
-def _epoch(model: FinetunedModel, optimizer, data: _Split, config: FinetuneConfig, generator) -> float:
-    """One pass with modality masking on; returns the mean loss (BCE over known labels)."""
-    model.train()
-    names = list(model.fusion.config.modalities)
-    values, present = data.batch.float32(), torch.from_numpy(data.batch.present)
-    labels = torch.from_numpy(data.labels).float()
-    order = torch.randperm(len(labels), generator=generator)
-    total, steps = 0.0, 0
-    for start in range(0, len(order), config.batch_size):
-        idx = order[start: start + config.batch_size]
-        known = ~torch.isnan(labels[idx])
-        if not known.any():
-            continue
-        masked = sample_training_mask(present[idx], config.mask_p, generator)
-        logits = model([torch.from_numpy(values[n])[idx] for n in names], present[idx], masked)
-        loss = F.binary_cross_entropy_with_logits(logits[known], labels[idx][known])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        total, steps = total + float(loss.detach()), steps + 1
-    return total / max(steps, 1)
-
-
-def _optimizer(model: FinetunedModel, config: FinetuneConfig) -> torch.optim.Optimizer:
-    groups = [{"params": model.head.parameters(), "lr": config.lr}]
-    if config.fusion_lr > 0:
-        groups.append({"params": model.fusion.parameters(), "lr": config.fusion_lr})
-    else:
-        model.fusion.requires_grad_(False)
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-
-
 def finetune(config: FinetuneConfig, task: TaskLike, log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune ``config.model`` with a new head on ``task`` (loaded by the caller, e.g. with
     dmf_ray.pipelines.evaluate's load_task: workflows do not import each other) and write
@@ -155,25 +123,26 @@ def finetune(config: FinetuneConfig, task: TaskLike, log: Callable[[str], None] 
     torch.manual_seed(config.seed)
     model = FinetunedModel(fusion, Head(fusion.config.latent_dim, config.head_hidden, len(task.label_names),
                                         config.dropout))
-    optimizer, generator = _optimizer(model, config), torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, fusion_lr=config.fusion_lr)
     log(f"finetune {task.name}: {len(data['train'].labels)} training, {len(data['valid'].labels)} validation "
         f"molecules; {len(task.label_names)} label(s); masking p={config.mask_p}")
-    best: tuple[float, int, dict] | None = None
-    history: list[dict[str, Any]] = []
-    for epoch in range(config.epochs):
-        loss = _epoch(model, optimizer, data["train"], config, generator)
-        auc = roc_auc(data["valid"].labels, probabilities(model, data["valid"].batch))
-        history.append({"epoch": epoch + 1, "train_loss": loss, "valid_auc": auc})
-        log(f"  epoch {epoch + 1}: loss {loss:.4f}, valid ROC-AUC {auc if auc is None else f'{auc:.4f}'}")
-        if auc is not None and (best is None or auc > best[0]):
-            best = (auc, epoch + 1, copy.deepcopy(model.state_dict()))
-        elif best is not None and epoch + 1 - best[1] >= config.patience:
-            break
-    if best is not None:
-        model.load_state_dict(best[2])
+
+    def valid_auc(m: FinetunedModel) -> float | None:
+        return roc_auc(data["valid"].labels, probabilities(m, data["valid"].batch))
+
+    def report(entry: dict[str, Any]) -> None:
+        auc = entry["valid"]
+        log(f"  epoch {entry['epoch']}: loss {entry['train_loss']:.4f}, valid ROC-AUC "
+            f"{auc if auc is None else f'{auc:.4f}'}")
+
+    fit = fit_finetuned(model, optimizer, data["train"].batch, data["train"].labels, valid_auc,
+                        epochs=config.epochs, patience=config.patience, batch_size=config.batch_size,
+                        mask_p=config.mask_p, generator=torch.Generator().manual_seed(config.seed), loss="bce",
+                        on_epoch=report)
+    history = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "valid_auc": h["valid"]} for h in fit.history]
     test_auc = roc_auc(data["test"].labels, probabilities(model, data["test"].batch))
-    result = FinetuneResult(config.out, best[0] if best else None, test_auc, best[1] if best else len(history),
-                            len(history), history, time.time() - started)
+    result = FinetuneResult(config.out, fit.best_score, test_auc, fit.best_epoch, fit.epochs_run, history,
+                            time.time() - started)
     save_finetuned(config.out, model, _card(card, config, task, result))
     log(f"model written to {config.out}: best epoch {result.best_epoch}, valid ROC-AUC {result.valid_auc}, "
         f"test ROC-AUC {test_auc}")

@@ -11,46 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
-from dmf_ray.model import DynamicFusion
+from dmf_ray.model.finetune import FinetunedModel, Head, predict_logits
+
+__all__ = ["HEAD_WEIGHTS", "FinetunedModel", "Head", "Predictor", "load_finetuned", "probabilities", "save_finetuned"]
 
 HEAD_WEIGHTS = "head.safetensors"
-
-
-class Head(nn.Module):
-    """fused [B, d] -> logits [B, T]: Linear, ReLU, Dropout, Linear."""
-
-    def __init__(self, latent_dim: int, hidden: int, n_outputs: int, dropout: float):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_outputs))
-
-    def forward(self, fused: Tensor) -> Tensor:
-        return self.net(fused)
-
-
-class FinetunedModel(nn.Module):
-    """DynamicFusion + Head. ``forward(inputs, present, masked)`` -> logits float32 [B, T].
-
-    ``inputs``: M raw tensors [B, d_m] in the fusion's modality order; ``present``/``masked``
-    bool [B, M] (masked: present but hidden, as in training; a withheld modality is simply
-    not present). A row with nothing visible gets the head's output for a zero fused vector."""
-
-    def __init__(self, fusion: DynamicFusion, head: Head):
-        super().__init__()
-        self.fusion = fusion
-        self.head = head
-
-    def forward(self, inputs: Sequence[Tensor], present: Tensor, masked: Tensor | None = None) -> Tensor:
-        out = self.fusion(list(inputs), present, masked, reconstruct=False)
-        return self.head(out.fused)
-
-
-def head_spec(head: Head) -> dict[str, Any]:
-    first, last = head.net[0], head.net[3]
-    return {"latent_dim": first.in_features, "hidden": first.out_features, "n_outputs": last.out_features,
-            "dropout": float(head.net[2].p)}
 
 
 def save_finetuned(directory: str | os.PathLike, model: FinetunedModel, card: dict[str, Any]) -> None:
@@ -63,7 +29,7 @@ def save_finetuned(directory: str | os.PathLike, model: FinetunedModel, card: di
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    card = {**card, "finetune": {**card.get("finetune", {}), "head": head_spec(model.head)}}
+    card = {**card, "finetune": {**card.get("finetune", {}), "head": model.head.spec()}}
     save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
               str(directory / HEAD_WEIGHTS))
     save_fusion_model(directory, model.fusion, card)  # config.json last: a complete directory
@@ -80,7 +46,7 @@ def load_finetuned(directory: str | os.PathLike) -> tuple[FinetunedModel, dict[s
     if spec is None or not (Path(directory) / HEAD_WEIGHTS).exists():
         raise ValueError(f"{directory} is not a fine-tuned model (no {HEAD_WEIGHTS} / finetune.head in config.json); "
                          "run `dmf finetune` on it first")
-    head = Head(spec["latent_dim"], spec["hidden"], spec["n_outputs"], spec["dropout"])
+    head = Head(**spec)
     head.load_state_dict(load_file(str(Path(directory) / HEAD_WEIGHTS)))
     model = FinetunedModel(fusion, head)
     model.eval()
@@ -111,21 +77,12 @@ class Predictor:
         if unknown:
             raise ValueError(f"unknown modality {unknown[0]!r}: the model has {', '.join(self.modalities)}")
         encoded = encode_smiles(list(smiles), self.encoders, [m for m in self.modalities if m not in set(withhold)])
-        out = np.full((len(smiles), self.model.head.net[3].out_features), np.nan)
+        out = np.full((len(smiles), self.model.head.n_outputs), np.nan)
         if len(encoded.rows):
             out[encoded.rows] = probabilities(self.model, encoded.batch)
         return out
 
 
-@torch.no_grad()
 def probabilities(model: FinetunedModel, batch, batch_size: int = 1024) -> np.ndarray:
     """float64 [N, T] sigmoid outputs for a ModalityBatch over the model's modalities."""
-    model.eval()
-    values = batch.float32()
-    names = list(model.fusion.config.modalities)
-    parts = []
-    for start in range(0, len(batch), batch_size):
-        rows = slice(start, start + batch_size)
-        inputs = [torch.from_numpy(values[n][rows]) for n in names]
-        parts.append(torch.sigmoid(model(inputs, torch.from_numpy(batch.present[rows]))).double().numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, model.head.net[3].out_features))
+    return torch.sigmoid(torch.from_numpy(predict_logits(model, batch, batch_size=batch_size))).numpy()
