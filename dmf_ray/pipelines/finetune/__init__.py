@@ -2,7 +2,7 @@
 the fusion model plus a small MLP head, trained with modality masking kept on, so the predictor
 still works when modalities are missing; robustness figures with modalities withheld. The public API:
 
-    from dmf_ray.pipelines.evaluate import load_task     # the caller loads the task (see below)
+    from dmf_ray.pipelines.evaluate.tasks import load_task     # the caller loads the task (see below)
     from dmf_ray.pipelines.finetune import FinetuneConfig, Predictor, finetune, robustness
 
     task = load_task("/data/moleculenet/bbbp")

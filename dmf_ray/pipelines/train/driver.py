@@ -267,7 +267,7 @@ def _already_complete(check: TrainingCheck, started: float, log: Callable[[str],
     destination, epochs = check.destination, check.config.epochs
     card = read_model_config(Path(destination.local))
     log(f"{redact(destination.published)} already holds this model (trained {card['training'].get('epochs')} "
-        f"epochs); nothing to do (pass fresh/--overwrite to retrain)")
+        f"epochs); nothing to do (pass --overwrite (fresh=True from Python) to retrain)")
     return TrainResult(destination.published, card.get("metrics", {}), 0, epochs, epochs, [], True,
                        int(card["training"].get("n_train", 0)), int(card["training"].get("n_valid", 0)),
                        time.time() - started, _metrics_file(destination))

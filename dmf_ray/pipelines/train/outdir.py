@@ -95,14 +95,14 @@ def out_status(out: str | os.PathLike, new: dict) -> OutStatus:
         if old == new:
             return "complete"
         if old is None:
-            raise ValueError(f"{out} holds a model that `dmf train` did not write; pass fresh/--overwrite to replace it")
+            raise ValueError(f"{out} holds a model that `dmf train` did not write; pass --overwrite (fresh=True from Python) to replace it")
         raise ValueError(f"{out} holds a model trained with other settings ({'; '.join(differences(old, new))}); "
-                         f"pass fresh/--overwrite to retrain, or choose another out")
+                         f"pass --overwrite (fresh=True from Python) to retrain, or choose another out")
     if run_file.exists():
         old = json.loads(run_file.read_text(encoding="utf-8"))
         if old != new:
             raise ValueError(f"{out} holds an interrupted run with other settings ({'; '.join(differences(old, new))}); "
-                             f"rerun with those settings to resume it, or pass fresh/--overwrite to start over")
+                             f"rerun with those settings to resume it, or pass --overwrite (fresh=True from Python) to start over")
         return "resume"
     if out.exists() and any(p.name != METRICS_FILE for p in out.iterdir()):
         raise ValueError(f"{out} exists, is not empty and is not a dmf_ray model directory")

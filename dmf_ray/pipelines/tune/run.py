@@ -80,7 +80,7 @@ def check_tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str],
         if names is not None and len(names) < 2:
             raise ValueError(f"tune needs at least two modalities (the objective is leave-one-out), got {names}")
     if out.exists() and any(out.iterdir()) and not config.fresh:
-        raise ValueError(f"out {out} is not empty (pass fresh/--overwrite to discard it and search again)")
+        raise ValueError(f"out {out} is not empty (pass --overwrite (fresh=True from Python) to discard it and search again)")
     return TunePlan(base, dims, METRICS[config.metric], out)
 
 
