@@ -24,6 +24,9 @@ class QuickstartOptions(BaseModel):
     out: str = Field("dmf-quickstart", min_length=1, description="output folder for store/, model/ and fused.parquet")
     epochs: int = Field(3, ge=1, description="training epochs")
     overwrite: bool = Field(False, description="delete a previous quickstart's output in --out and start over")
+    neural: bool = Field(True, description="add ChemNet (a pretrained SMILES network whose weights ship in the fcd "
+                                           "package) beside the fingerprints: a neural modality, absent for "
+                                           "SMILES it cannot read (over 349 characters)")
 
 
 def configure_quickstart(parser: argparse.ArgumentParser) -> None:
@@ -93,10 +96,11 @@ def run_quickstart(args: argparse.Namespace) -> int:
     console.setup(args.verbose, args.num_cpus)
     ensure_ray(dashboard=True)  # it trains: Ray Train's placement-group cleaner needs the dashboard
 
-    console.log(f"[1/3] featurize {sample} (shipped with RDKit) with {', '.join(DEFAULT_ENCODERS)} -> {store}")
+    encoders = [*DEFAULT_ENCODERS, *(["chemnet"] if options.neural else [])]
+    console.log(f"[1/3] featurize {sample} (shipped with RDKit) with {', '.join(encoders)} -> {store}")
     with console.step("featurize") as bar:
         # 2,500-row shards: the 5,000 molecules make two, one per core of a laptop.
-        result = console.with_progress(featurize, bar, [sample], store, DEFAULT_ENCODERS, shard_rows=2_500,
+        result = console.with_progress(featurize, bar, [sample], store, encoders, shard_rows=2_500,
                                        log=console.log)
     console.log(f"      {result.rows_read:,} new rows in {result.seconds:.1f} s")
     print_store_info(store, as_json=False)
@@ -109,7 +113,9 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
     console.log(f"[3/3] embed the library with the trained model -> {fused}")
     with console.step("embed") as bar:
-        embedded = console.with_progress(embed, bar, model, fused, inputs=[sample], log=console.log)
+        # From the store: its vectors are fused as they are (no encoder runs again, ChemNet
+        # included), and its failures table gives the rows that did not parse.
+        embedded = console.with_progress(embed, bar, model, fused, store_uri=store, log=console.log)
     console.log(
         f"done: {embedded.rows - embedded.failed:,} fused vectors ({embedded.failed} failed rows) in {fused}. "
         f"Next: dmf serve --model {model}"

@@ -49,11 +49,12 @@ def test_quickstart_is_quiet_and_accounts_for_every_molecule_rdkit_ships(tmp_pat
 
     info = EmbeddingStore.open(str(out / "store")).info()
     assert info["inputs"] > 4_900 and info["inputs"] == info["stored_rows"] + info["failed"]
-    assert set(info["modalities"]) == set(DEFAULT_ENCODERS)
+    # The fingerprints and descriptors, and ChemNet: a pretrained neural modality shipped in fcd's wheel.
+    assert set(info["modalities"]) == {*DEFAULT_ENCODERS, "chemnet"}
     assert all(m["count"] > 0.95 * info["molecules"] for m in info["modalities"].values())
 
     card = read_model_config(str(out / "model"))
-    assert card["fusion"]["modalities"] == list(DEFAULT_ENCODERS)
+    assert sorted(card["fusion"]["modalities"]) == sorted([*DEFAULT_ENCODERS, "chemnet"])
 
     # Every input row ends as a fused vector or as a row naming why it has none.
     fused = pq.read_table(out / "fused.parquet")
