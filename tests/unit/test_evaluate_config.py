@@ -42,3 +42,19 @@ def test_text_forms_of_the_flags_and_literals_match_the_modules():
     assert all(f.description for f in TaskSpec.model_fields.values())
     with pytest.raises(ValueError, match="may not be empty or contain"):
         TaskSpec("a/b", "x")
+
+
+def test_the_recorded_config_carries_no_credentials():
+    # evaluation.json records the config and may be uploaded (--out s3://...): review #1.
+    config = EvaluateConfig(model="s3://AK:SK@b/m", out="s3://AK2:SK2@b/rep",
+                            tasks=["bbbp=s3://AK:SK@b/bbbp", "x=s3://K:S@b/tr.csv,s3://K:S@b/va.csv,local/te.csv"])
+    recorded = config.recorded()
+    text = repr(recorded)
+    assert "AK:SK" not in text and "AK2:SK2" not in text and "K:S@" not in text
+    assert recorded["model"] == "s3://***@b/m" and recorded["out"] == "s3://***@b/rep"
+    assert recorded["tasks"][0]["source"] == "s3://***@b/bbbp"
+    assert recorded["tasks"][1]["source"] == ["s3://***@b/tr.csv", "s3://***@b/va.csv", "local/te.csv"]
+    assert config.model == "s3://AK:SK@b/m"  # the config itself still works
+    # Everything else is what model_dump records.
+    assert {k: v for k, v in recorded.items() if k not in ("model", "out", "tasks")} == {
+        k: v for k, v in config.model_dump().items() if k not in ("model", "out", "tasks")}

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dmf_ray.files import is_remote
+from dmf_ray.files import is_remote, redact
 
 # Literal types so that the CLI offers them as choices and pydantic names them in its errors;
 # they must equal tasks.SPLIT_NAMES and learners.LEARNER_CHOICES (a unit test checks).
@@ -188,3 +188,14 @@ class EvaluateConfig(BaseModel):
     def task_split(self, spec: TaskSpec) -> str | None:
         """The split of ``spec``: its own, else this run's default (None: the loader's default)."""
         return spec.split or self.split
+
+    def recorded(self) -> dict[str, Any]:
+        """The config as evaluation.json records it: ``model_dump()`` with the credentials of the
+        model, output and every task source removed (``s3://KEY:SECRET@b/...`` ->
+        ``s3://***@b/...``, :func:`dmf_ray.files.redact`): the report may be uploaded and shared."""
+        out = self.model_dump()
+        out["model"], out["out"] = redact(out["model"]), redact(out["out"])
+        for task in out["tasks"]:
+            src = task["source"]
+            task["source"] = redact(src) if isinstance(src, str) else [redact(str(s)) for s in src]
+        return out

@@ -166,7 +166,7 @@ def _details(config: EvaluateConfig, fm: _Model, feats: FeaturizedSmiles, log: C
                       "encoder_failures": feats.encoder_errors, "workers": feats.workers,
                       "seconds": round(feats.seconds, 2)},
         "tasks": {},
-        "config": config.model_dump(),
+        "config": config.recorded(),  # credentials redacted
     }
 
 
