@@ -152,3 +152,47 @@ def test_a_renamed_known_task_keeps_its_documented_labels(tmp_path):
         (folder / f"{split}.csv").write_text("smiles,Class,pIC50,sLi_Key\nCCO,1,5.1,0\nCCN,0,4.2,1\nCCC,1,6.3,0\n")
     task = load_task(str(folder), name="bace-scaffold", split="random")
     assert task.label_names == ["Class"] and task.label_source == "known:bace"
+
+
+def _one_class_b(folder: Path) -> None:
+    """Rewrite train.csv of ``folder`` with act_b all 0 (valid/test keep both classes)."""
+    lines = (folder / "train.csv").read_text().splitlines()
+    rows = [line.rsplit(",", 1)[0] + ",0" for line in lines[1:]]
+    (folder / "train.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+
+
+def test_a_one_class_label_column_is_skipped_not_the_task(folder):
+    # Review #2: a sparse multi-task set (ToxCast, MUV) under a scaffold split has such columns.
+    _one_class_b(folder)
+    task = load_task(folder)
+    assert task.label_names == ["act_a", "act_b"] and task.kind == "classification"
+    assert task.skipped_labels == {"act_b": "only class 0 in train"}
+    assert load_task(folder, label_columns="act_a").skipped_labels == {}
+    # A task where no column can be fitted is still refused, naming every column's reason.
+    with pytest.raises(TaskError, match=r"no label column can be fitted: classification label 'act_b' "
+                                        r"has only class 0 in train"):
+        load_task(folder, label_columns=["act_b"])
+    # A regression column without a train label is skipped the same way.
+    files = []
+    for k, split in enumerate(("train", "valid", "test")):
+        path = folder / f"r_{split}.csv"
+        path.write_text("smiles,x,y\n" + "".join(f"{s},{i / 3 + k:.2f},{'' if k == 0 else i}\n"
+                                                for i, s in enumerate(_molecules()[10 * k:10 * k + 10])))
+        files.append(path)
+    regression = load_task(files, label_columns=["x", "y"])
+    assert regression.kind == "regression" and regression.skipped_labels == {"y": "no labels in train"}
+
+
+def test_true_false_labels_are_read_and_auto_detected_alike(tmp_path):
+    # Review #13: one cell parser; True/False used to work with --label but not be auto-detected.
+    smiles = _molecules()[:20]
+    (tmp_path / "tf.csv").write_text("smiles,toxic\n" + "".join(
+        f"{s},{'True' if i % 2 else 'false'}\n" for i, s in enumerate(smiles)))
+    auto = load_task(tmp_path / "tf.csv", split="random")
+    assert auto.label_names == ["toxic"] and auto.kind == "classification"
+    given = load_task(tmp_path / "tf.csv", split="random", label_columns="toxic")
+    for s in ("train", "valid", "test"):
+        np.testing.assert_array_equal(auto.labels[s], given.labels[s])
+    (tmp_path / "inf.csv").write_text("smiles,y\nCCO,1\nCCN,inf\n")
+    with pytest.raises(TaskError, match="non-numeric value 'inf'"):
+        load_task(tmp_path / "inf.csv", label_columns="y")

@@ -32,7 +32,15 @@ from dmf_ray.modalities import ModalityBatch
 _ENCODE_CHUNK = 500
 _POOL_MIN_MOLECULES = 3000  # below this a process pool costs more to start than it saves
 
-_ENCODERS: dict[str, Any] = {}  # spec (as JSON) -> encoder, built once per process
+# spec (as JSON) -> encoder, built once per process: provenance reads an encoder's trained_on,
+# the pool workers inherit the built encoders by fork. Emptied when featurize_smiles is done
+# (the last use), so a notebook or long-lived process does not keep ChemNet/Chemprop loaded.
+_ENCODERS: dict[str, Any] = {}
+
+
+def release_encoders() -> None:
+    """Forget every encoder :func:`encoders_for` built (their models are freed with them)."""
+    _ENCODERS.clear()
 
 
 def encoders_for(specs: Mapping[str, dict]) -> dict:
@@ -188,5 +196,6 @@ def _assemble(distinct: list[str], specs: Mapping[str, dict], parts: list[tuple[
     parse_errors = [e for p in parts for e in p[1]]
     parsed = np.array([i is not None for i in batch.mol_ids], dtype=bool)
     encoder_errors = {m: int((parsed & ~batch.present[:, j]).sum()) for j, m in enumerate(names)}
+    release_encoders()  # featurisation was their last use in a run
     return FeaturizedSmiles(batch, {s: i for i, s in enumerate(distinct)}, parse_errors, encoder_errors, workers,
                             seconds)

@@ -6,8 +6,9 @@ Recipe (one per seed): a copy of the fusion model and a linear head ``latent_dim
 output per label column); AdamW (lr ``1e-3``, weight decay ``1e-4``), mini-batches of 64 train
 rows; each step hides present modalities with probability ``mask_p`` (``sample_training_mask``,
 never all of a molecule's), as pretraining does. Loss: binary cross-entropy on the logits
-(classification) or squared error on standardised targets (regression), over the labels present
-(NaN labels are skipped). The epoch with the best valid metric is kept (early stopping after
+(classification) or squared error on targets standardised per label column (regression), over
+the labels present (NaN labels are skipped; so are the columns the task lists as unfittable,
+``Task.skipped_labels``: predicted NaN, as the Table 1 learners leave them). The epoch with the best valid metric is kept (early stopping after
 ``patience`` epochs without improvement). The decoders are not used. The head, the masked loop
 and the best-on-valid selection are the core's (dmf_ray.model.finetune), shared with ``dmf finetune``;
 this module adds the table wiring (target scaling, the task's metric, rows and robustness).
@@ -42,67 +43,84 @@ class FinetuneSettings:
 
 
 class _Predictor:
-    """A tuned ``FinetunedModel`` (a float32 copy of the fusion + a linear head) and how to undo
-    the target standardisation: ``scale`` (mean, std), (0, 1) for classification."""
+    """A tuned ``FinetunedModel`` (a float32 copy of the fusion + a linear head) and how to read
+    its outputs: ``mean``, ``std`` float64 ``[T]`` undo the per-column target standardisation
+    (0 and 1 for classification); ``skipped`` bool ``[T]`` marks the label columns no learner
+    can fit (``Task.skipped_labels``): not trained on, predicted NaN, so the metrics skip them
+    as they do for the Table 1 learners."""
 
-    def __init__(self, model: FinetunedModel, scale: tuple[float, float]):
-        self.model, self.scale = model, scale
+    def __init__(self, model: FinetunedModel, mean: np.ndarray, std: np.ndarray, skipped: np.ndarray):
+        self.model, self.mean, self.std, self.skipped = model, mean, std, skipped
+
+    def outputs(self, data: TaskData, rows: np.ndarray, kind: str, keep: np.ndarray | None = None) -> np.ndarray:
+        """Predictions float64 ``[len(rows), T]``: probabilities or label units."""
+        import torch
+
+        logits = predict_logits(self.model, data.batch.subset(rows), None if keep is None else keep[rows])
+        out = (torch.sigmoid(torch.from_numpy(logits)).numpy() if kind == "classification"
+               else logits * self.std + self.mean)
+        out[:, self.skipped] = np.nan
+        return out
 
 
-def _targets(data: TaskData, kind: str) -> tuple[np.ndarray, float, float]:
-    """Train labels (standardised for regression) and the (mean, std) to undo it."""
-    y = data.labels["train"].astype(np.float64)
+def _skipped(data: TaskData) -> np.ndarray:
+    """bool ``[T]``: the label columns the task lists as unfittable."""
+    names = set(getattr(data.task, "skipped_labels", {}))
+    return np.array([c in names for c in data.task.label_names], dtype=bool)
+
+
+def _scaling(y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per label column (mean, std), float64 ``[T]`` each, of the train labels ``y`` ``[n, T]``
+    (NaN skipped): each regression target is standardised on its own, so a wide target does
+    not dominate the squared error of the others; (0, 1) for classification and for a column
+    without labels; std 1 for a constant column."""
+    n_cols = y.shape[1]
     if kind == "classification":
-        return y, 0.0, 1.0
-    mean, std = float(np.nanmean(y)), float(np.nanstd(y)) or 1.0
-    return (y - mean) / std, mean, std
+        return np.zeros(n_cols), np.ones(n_cols)
+    known = ~np.isnan(y)
+    count = known.sum(axis=0)
+    filled = np.where(known, y, 0.0)
+    mean = filled.sum(axis=0) / np.maximum(count, 1)
+    std = np.sqrt((np.where(known, y - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1))
+    return mean, np.where(std > 0, std, 1.0)
 
 
-def _outputs(model: FinetunedModel, data: TaskData, rows: np.ndarray, kind: str, scale: tuple[float, float],
-             keep: np.ndarray | None = None) -> np.ndarray:
-    import torch
-
-    logits = predict_logits(model, data.batch.subset(rows), None if keep is None else keep[rows])
-    if kind == "classification":
-        return torch.sigmoid(torch.from_numpy(logits)).numpy()
-    return logits * scale[1] + scale[0]
-
-
-def predict(predictor: _Predictor, data: TaskData, rows: np.ndarray, kind: str, scale: tuple[float, float],
+def predict(predictor: _Predictor, data: TaskData, rows: np.ndarray, kind: str,
             keep: np.ndarray | None = None) -> np.ndarray:
     """Predictions float64 ``[len(rows), T]`` (probabilities or label units) with ``keep`` ``[N, M]``
-    as the presence (default: the task's own)."""
-    return _outputs(predictor.model, data, rows, kind, scale, keep)
+    as the presence (default: the task's own); NaN in the columns the task skips."""
+    return predictor.outputs(data, rows, kind, keep)
 
 
 def finetune(model, data: TaskData, seed: int, settings: FinetuneSettings = FinetuneSettings()
-             ) -> tuple[_Predictor, tuple[float, float], int]:
+             ) -> tuple[_Predictor, int]:
     """Train a predictor on the task's train split (dmf_ray.model.finetune.fit_finetuned), keep
     the epoch best on valid. ``model`` is not changed (a copy is tuned).
 
-    Returns (the predictor, the target scale (mean, std), the epoch kept, 1-based).
+    Returns (the predictor, the epoch kept, 1-based).
     """
     import torch
 
     kind = data.task.kind
     metric = _metrics.primary_metric(kind)
     torch.manual_seed(seed)
-    head = Head(model.config.latent_dim, 0, data.labels["train"].shape[1])  # hidden=0: a linear head
-    tuned = FinetunedModel(copy.deepcopy(model).float(), head)
-    y_train, mean, std = _targets(data, kind)
+    y = data.labels["train"].astype(np.float64)
+    head = Head(model.config.latent_dim, 0, y.shape[1])  # hidden=0: a linear head
+    predictor = _Predictor(FinetunedModel(copy.deepcopy(model).float(), head), *_scaling(y, kind), _skipped(data))
+    y_train = (y - predictor.mean) / predictor.std
+    y_train[:, predictor.skipped] = np.nan  # not trained on, as the Table 1 learners skip them
     valid = data.split_of("valid")
 
     def score_valid(m: FinetunedModel) -> float:
-        out = _outputs(m, data, valid, kind, (mean, std))
-        return _metrics.score(data.labels["valid"], out, kind)[metric]
+        return _metrics.score(data.labels["valid"], predictor.outputs(data, valid, kind), kind)[metric]
 
-    opt = make_optimizer(tuned, settings.lr, settings.weight_decay)
-    fit = fit_finetuned(tuned, opt, data.batch.subset(data.split_of("train")), y_train, score_valid,
+    opt = make_optimizer(predictor.model, settings.lr, settings.weight_decay)
+    fit = fit_finetuned(predictor.model, opt, data.batch.subset(data.split_of("train")), y_train, score_valid,
                         epochs=settings.epochs, patience=settings.patience, batch_size=settings.batch_size,
                         mask_p=settings.mask_p, generator=torch.Generator().manual_seed(seed),
                         loss="bce" if kind == "classification" else "mse",
                         better=lambda a, b: _metrics.is_better(a, b, metric))
-    return _Predictor(tuned, (mean, std)), (mean, std), fit.best_epoch
+    return predictor, fit.best_epoch
 
 
 def run_finetune(run: TaskRun, settings: FinetuneSettings = FinetuneSettings()) -> None:
@@ -111,15 +129,15 @@ def run_finetune(run: TaskRun, settings: FinetuneSettings = FinetuneSettings()) 
     test = data.split_of("test")
     metric = _metrics.primary_metric(kind)
     for seed in run.seeds:
-        predictor, scale, epoch = finetune(run.model, data, seed, settings)
-        test_score = _metrics.score(data.labels["test"], predict(predictor, data, test, kind, scale), kind)
+        predictor, epoch = finetune(run.model, data, seed, settings)
+        test_score = _metrics.score(data.labels["test"], predict(predictor, data, test, kind), kind)
         result.add_fit(FINETUNED, {"test_metric": test_score[metric], "test": test_score, "learner": "finetune",
                                    "params": {**asdict(settings), "epoch_kept": epoch}})
         if not math.isfinite(test_score[metric]):
             result.not_computed.setdefault(f"Table 1: {FINETUNED}", f"{metric} undefined on the test split")
         for p in run.patterns:
             keep = run.test_keep(p, seed)
-            degraded = predict(predictor, data, test, kind, scale, keep)
+            degraded = predict(predictor, data, test, kind, keep)
             result.add_robustness(p.name, "finetuned", _metrics.score(data.labels["test"], degraded, kind)[metric])
     run.log(f"[{result.task}] {FINETUNED:<24} {metric} {np.nanmean(result.rows[FINETUNED]):.3f} "
             f"({len(run.seeds)} seed(s))")

@@ -156,6 +156,11 @@ def _protocol_section(details: dict[str, Any], results: Sequence[TaskResult]) ->
     return lines
 
 
+# The steps of a task, as evaluation.json times them (``finetune`` with --finetune, ``robustness``
+# with --robustness refit; "–" in the table when a step did not run).
+_STEPS = ("prepare", "table1", "finetune", "robustness", "reconstruction_attention")
+
+
 def _timing_section(details: dict[str, Any], results: Sequence[TaskResult]) -> list[str]:
     """Attention and featureless-row notes, then the time spent per task and step."""
     proto = details["protocol"]
@@ -170,12 +175,10 @@ def _timing_section(details: dict[str, Any], results: Sequence[TaskResult]) -> l
               f"{details['featurize']['seconds']:.1f} s with {details['featurize']['workers']} process(es). "
               f"Whole run: {details.get('seconds', float('nan')):.0f} s.", "",
               "Under the `inference` protocol Figure 2 is scored by the Table 1 learners, so its time is in "
-              "`table1`; `refit` adds a `robustness` column.", "",
-              "| task | " + " | ".join(["prepare", "table1", "robustness", "reconstruction_attention"]) + " |",
-              "|---|---|---|---|---|"]
+              "`table1`; `refit` fills the `robustness` column, `--finetune` the `finetune` one.", "",
+              "| task | " + " | ".join(_STEPS) + " |", "|---|" + "---|" * len(_STEPS)]
     for r in results:
         sec = details["tasks"][r.task]["seconds"]
-        lines.append(f"| {r.task} | " + " | ".join(f"{sec[k]:.0f} s" if k in sec else "–" for k in
-                                                   ("prepare", "table1", "robustness", "reconstruction_attention")) + " |")
+        lines.append(f"| {r.task} | " + " | ".join(f"{sec[k]:.0f} s" if k in sec else "–" for k in _STEPS) + " |")
     lines.append("")
     return lines

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dmf_ray.pipelines.evaluate.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
 from dmf_ray.pipelines.evaluate.protocol import FUSION
 
 METRIC_LABELS = {"roc_auc": "ROC-AUC ↑", "rmse": "RMSE ↓"}
-HIGHER_IS_BETTER = {"roc_auc": True, "rmse": False}
 # fusion / concat: the Table 1 learners on degraded test features; finetuned: the fine-tuned
 # fusion predictor on the same degraded molecules.
 ROBUSTNESS_METHODS = ("fusion", "concat", "finetuned")
@@ -72,19 +72,22 @@ class TaskResult:
     not_computed: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.metric not in HIGHER_IS_BETTER:
-            raise ValueError(f"metric must be one of {list(HIGHER_IS_BETTER)}, got {self.metric!r}")
+        if self.metric not in PRIMARY_METRIC.values():
+            raise ValueError(f"metric must be one of {list(PRIMARY_METRIC.values())}, got {self.metric!r}")
 
     @classmethod
     def for_task(cls, task, scaffold_overlap: bool = True) -> TaskResult:
-        """Start a result from a loaded :class:`dmf_ray.pipelines.evaluate.tasks.Task`."""
+        """Start a result from a loaded :class:`dmf_ray.pipelines.evaluate.tasks.Task`; each label
+        column no learner can fit (``task.skipped_labels``) is in ``not_computed`` with its reason."""
         return cls(
             task=task.name,
-            metric="roc_auc" if task.kind == "classification" else "rmse",
+            metric=PRIMARY_METRIC[task.kind],
             split=task.split_name,
             invalid_smiles=task.n_invalid_smiles,
             n_molecules=task.sizes,
             scaffold_overlap=task.scaffold_overlap() if scaffold_overlap else None,
+            not_computed={f"label {c}": f"{why}: not fitted, left out of every row's mean"
+                          for c, why in getattr(task, "skipped_labels", {}).items()},
         )
 
     def add_fit(self, row: str, fit: Mapping) -> None:

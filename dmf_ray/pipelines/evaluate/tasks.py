@@ -19,8 +19,12 @@ Columns:
   id-like columns (``id``, ``num``, ``index``, ``name``, ``cid``, ``*_id``, ``Unnamed: 0``
   ...). If that finds both 0/1 columns and continuous ones, the choice is ambiguous and
   an error asks for explicit labels instead of guessing.
-- kind: ``classification`` if every label column only holds 0/1 (blank = missing),
-  else ``regression``.
+- kind: ``classification`` if every label column only holds 0/1 (blank = missing; ``true``/
+  ``false`` read as 1/0), else ``regression``.
+- a label column that cannot be fitted (no label in train; for classification a single class
+  overall or in train, e.g. a sparse ToxCast/MUV task under a scaffold split) is kept, listed in
+  :attr:`Task.skipped_labels` with the reason, and skipped by every learner and metric; only a
+  task where no column can be fitted is refused.
 
 Rows whose SMILES RDKit cannot parse are kept (row order is never changed within a split,
 so everything downstream stays aligned) and counted in :attr:`Task.n_invalid_smiles`.
@@ -91,6 +95,10 @@ class Task:
     """How labels were chosen: ``given``, ``known:<task>`` or ``auto``."""
     smiles_ok: dict[str, np.ndarray] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    skipped_labels: dict[str, str] = field(default_factory=dict)
+    """Label columns no learner can be fitted on (name -> why: no label in train, or a single
+    class overall or in train). They stay in ``labels`` (aligned columns); every learner leaves
+    their predictions NaN, so the metrics skip them, and the report says why."""
 
     @property
     def n_tasks(self) -> int:
@@ -142,41 +150,42 @@ def _find_smiles_column(columns: Sequence[str], path: Path) -> str:
     )
 
 
+_NA_TOKENS = ("", "nan", "na", "n/a", "none", "null")
+
+
+def _parse_cell(text: str) -> float | None:
+    """One label cell -> NaN (blank or an NA token), 1.0/0.0 (``true``/``false``, any case), its
+    finite float value, or None when it is none of these (text, ``inf``)."""
+    low = text.strip().lower()
+    if low in _NA_TOKENS:
+        return float("nan")
+    if low in ("true", "false"):
+        return 1.0 if low == "true" else 0.0
+    try:
+        value = float(low)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
 def _to_float(values, path: Path, column: str) -> np.ndarray:
-    """Column text -> float array; blanks/NA -> NaN; anything else non-numeric is an error."""
+    """Column text -> float array (:func:`_parse_cell`); TaskError naming the line of a value
+    that is not a number, a boolean or missing."""
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
-        s = v.strip()
-        if s == "" or s.lower() in ("nan", "na", "n/a", "none", "null"):
-            out[i] = np.nan
-            continue
-        low = s.lower()
-        if low in ("true", "false"):
-            out[i] = 1.0 if low == "true" else 0.0
-            continue
-        try:
-            out[i] = float(s)
-        except ValueError:
-            out[i] = np.inf
-        if not np.isfinite(out[i]):
+        value = _parse_cell(v)
+        if value is None:
             raise TaskError(
                 f"{path}: label column {column!r} has non-numeric value {v!r} (line {i + 2})"
             )
+        out[i] = value
     return out
 
 
 def _is_numeric_column(values) -> bool:
-    seen = False
-    for v in values:
-        s = v.strip()
-        if s == "" or s.lower() in ("nan", "na", "n/a", "none", "null"):
-            continue
-        try:
-            float(s)
-        except ValueError:
-            return False
-        seen = True
-    return seen
+    """Every cell parses (:func:`_parse_cell`) and at least one is not missing."""
+    parsed = [_parse_cell(v) for v in values]
+    return all(p is not None for p in parsed) and any(not np.isnan(p) for p in parsed)
 
 
 def _is_id_like(column: str) -> bool:
@@ -282,9 +291,26 @@ def _split_rows(per_file: dict, files: dict[str, Path] | None, paths: list[Path]
     return smiles, labels, {s: [all_mols[i] for i in ix] for s, ix in zip(SPLITS, idx)}
 
 
-def _check_labels(labels: dict[str, np.ndarray], label_names: list[str], kind: str | None, where: str) -> str:
-    """The task kind (given or detected); TaskError for an empty label column, a forced kind the
-    labels contradict, or a classification label with one class overall or in train."""
+def _unfittable(labels: dict[str, np.ndarray], pooled: np.ndarray, j: int, kind: str) -> str | None:
+    """Why label column ``j`` cannot be fitted (None when it can): no label in train, or, for
+    classification, one class overall or in train."""
+    train = labels["train"][:, j]
+    if np.isnan(train).all():
+        return "no labels in train"
+    if kind != "classification":
+        return None
+    for where, y in (("all splits", pooled[:, j]), ("train", train)):
+        classes = np.unique(y[~np.isnan(y)])
+        if classes.size < 2:
+            return f"only class {classes[0]:g} in {where}"
+    return None
+
+
+def _check_labels(labels: dict[str, np.ndarray], label_names: list[str], kind: str | None,
+                  where: str) -> tuple[str, dict[str, str]]:
+    """The task kind (given or detected) and the label columns that cannot be fitted (name ->
+    why: no label in train, or one class overall or in train). TaskError for an empty label
+    column, a forced kind the labels contradict, or when no label column can be fitted."""
     pooled = np.concatenate([labels[s] for s in SPLITS], axis=0)
     for j, c in enumerate(label_names):
         if np.isnan(pooled[:, j]).all():
@@ -294,17 +320,13 @@ def _check_labels(labels: dict[str, np.ndarray], label_names: list[str], kind: s
         bad = [c for j, c in enumerate(label_names) if not _is_binary(pooled[:, j])]
         raise TaskError(f"{where}: kind='classification' but label columns {bad} hold values other than 0/1")
     task_kind = kind or ("classification" if binary else "regression")
-    if task_kind == "classification":
-        for j, c in enumerate(label_names):
-            for s, y in (("all splits", pooled[:, j]), ("train", labels["train"][:, j])):
-                classes = np.unique(y[~np.isnan(y)])
-                if classes.size < 2:
-                    got = f"only class {classes[0]:g}" if classes.size else "no labels"
-                    raise TaskError(
-                        f"{where}: classification label {c!r} has {got} in {s}; a one-class "
-                        "task cannot be fitted or scored"
-                    )
-    return task_kind
+    skipped = {c: why for j, c in enumerate(label_names)
+               if (why := _unfittable(labels, pooled, j, task_kind)) is not None}
+    if len(skipped) == len(label_names):
+        raise TaskError(f"{where}: no label column can be fitted: " + "; ".join(
+            f"{task_kind} label {c!r} has {why}" for c, why in skipped.items())
+            + (" (a one-class task cannot be fitted or scored)" if task_kind == "classification" else ""))
+    return task_kind, skipped
 
 
 def load_task(
@@ -356,7 +378,7 @@ def load_task(
     per_file = _columns(tables, smiles_col, label_names)
     smiles, labels, mols = _split_rows(per_file, files, paths, split_name, fractions, seed, balanced)
     smiles_ok = {s: np.array([m is not None for m in mols[s]], dtype=bool) for s in SPLITS}
-    task_kind = _check_labels(labels, label_names, kind, ", ".join(str(p) for p in paths))
+    task_kind, skipped = _check_labels(labels, label_names, kind, ", ".join(str(p) for p in paths))
     return Task(
         name=task_name,
         smiles=smiles,
@@ -368,4 +390,5 @@ def load_task(
         label_source=label_source,
         smiles_ok=smiles_ok,
         sources=[str(p) for p in paths],
+        skipped_labels=skipped,
     )
