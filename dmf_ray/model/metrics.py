@@ -98,3 +98,23 @@ def reconstruction_cosine(model: DynamicFusion, modality: str | int, reconstruct
 def mean_cosine(cosines: Tensor) -> float:
     """The mean of per-row cosines as a float; NaN for no rows (nothing was reconstructed)."""
     return float(cosines.double().mean()) if cosines.numel() else float("nan")
+
+
+def roc_auc_per_column(labels, scores) -> list[float]:
+    """ROC-AUC (sklearn.metrics.roc_auc_score, scikit-learn 1.x) of each label column over the rows
+    where both its label and its score are present (not NaN); NaN for a column without both
+    classes there (undefined). ``labels`` 0/1 and ``scores`` float, ``[n, T]`` each (``[n]`` is
+    one column). The one NaN-masked ROC-AUC: ``dmf evaluate``'s metrics and ``dmf finetune``'s
+    valid/test score average its finite values (the MoleculeNet convention)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p = np.asarray(labels, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    y, p = (y[:, None], p[:, None]) if y.ndim == 1 else (y, p)
+    if y.ndim != 2 or y.shape != p.shape:
+        raise ValueError(f"labels and scores must be [n, T] of one shape, got {y.shape} and {p.shape}")
+    out = []
+    for t in range(y.shape[1]):
+        known = ~np.isnan(y[:, t]) & ~np.isnan(p[:, t])
+        both = np.unique(y[known, t]).size == 2
+        out.append(float(roc_auc_score(y[known, t], p[known, t])) if both else float("nan"))
+    return out

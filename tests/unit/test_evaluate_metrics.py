@@ -89,3 +89,25 @@ def test_helpers_and_bad_input():
         score([1], [1], "multiclass")
     with pytest.raises(ValueError, match="shape"):
         score([[1, 0]], [[1]], "regression")
+
+
+def test_one_masked_roc_auc_for_evaluate_and_finetune():
+    # Review #13: evaluate's score and dmf finetune's roc_auc average the same per-column ROC-AUC.
+    from sklearn.metrics import roc_auc_score
+
+    from dmf_ray.model.metrics import roc_auc_per_column
+    from dmf_ray.pipelines.finetune.fit import roc_auc
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (40, 3)).astype(float)
+    p = rng.random((40, 3))
+    y[:7, 0] = np.nan
+    y[:, 2] = 1.0  # one class: undefined
+    p[:, 1] = np.nan  # a column the learner could not fit
+    per = roc_auc_per_column(y, p)
+    assert per[0] == pytest.approx(roc_auc_score(y[7:, 0], p[7:, 0])) and np.isnan(per[1]) and np.isnan(per[2])
+    got = score(y, p, "classification")
+    assert got["roc_auc"] == pytest.approx(per[0]) and got["n_tasks_scored"] == 1
+    assert roc_auc(y, p) == pytest.approx(per[0])
+    assert roc_auc(y[:, 2:], p[:, 2:]) is None
+    assert roc_auc_per_column(y[:, 0], p[:, 0]) == per[:1]

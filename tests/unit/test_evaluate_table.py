@@ -58,3 +58,17 @@ def test_rows_and_reasons():
     assert "could be fitted" in why_missing(nan, "classification")
     assert "both classes" in why_missing({**nan, "skipped_tasks": [0]}, "classification")
     assert why_missing({**nan, "test_metric": 0.7}, "classification") is None
+
+
+def test_the_paper_row_reuses_its_own_first_seed_choice():
+    # Review #13: the paper protocol goes through fit_row with its own key in run.chosen.
+    pytest.importorskip("xgboost")
+    run, X, _ = _run(learner="rf")
+    fit_row(run, X, 0, "a")
+    paper0, _ = fit_row(run, X, 0, "a", learner="xgboost")
+    assert run.chosen["a"]["learner"] == "rf" and run.chosen["xgboost:a"]["learner"] == "xgboost"
+    assert paper0["selected_on"] == "valid"
+    paper1, _ = fit_row(run, X, 1, "a", learner="xgboost")
+    assert paper1["learner"] == "xgboost" and paper1["selected_on"] == "given"
+    assert paper1["params"] == paper0["params"]
+    assert run.chosen["a"]["learner"] == "rf"  # Table 1's choice untouched

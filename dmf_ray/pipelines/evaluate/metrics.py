@@ -4,9 +4,10 @@ Labels are ``[n, T]`` float arrays with NaN for a missing label. Each task is sc
 rows where its label is present; the headline number is the unweighted mean over the tasks
 that could be scored (MoleculeNet convention).
 
-- classification: ROC-AUC; a task is scored only if both classes occur among its scored
-  rows (otherwise ROC-AUC is undefined) and its predictions are not all NaN (the learner
-  marks a task it could not fit that way).
+- classification: ROC-AUC (dmf_ray.model.metrics.roc_auc_per_column, shared with ``dmf
+  finetune``); a task is scored only if both classes occur among its scored rows (otherwise
+  ROC-AUC is undefined) and its predictions are not all NaN (the learner marks a task it
+  could not fit that way).
 - regression: RMSE and MAE per task, averaged over tasks.
 """
 
@@ -61,7 +62,7 @@ def score(y_true, y_pred, kind: str) -> dict:
     "n_tasks_scored", "n_tasks"}``. Per-task lists hold NaN for tasks that were not scored;
     the averages are NaN when no task could be scored.
     """
-    from sklearn.metrics import roc_auc_score
+    from dmf_ray.model.metrics import roc_auc_per_column
 
     check_kind(kind)
     yt, yp = _as_2d(y_true, "y_true"), _as_2d(y_pred, "y_pred")
@@ -77,14 +78,12 @@ def score(y_true, y_pred, kind: str) -> dict:
             raise ValueError(
                 f"task {t}: {int(pred_nan.sum())} NaN predictions for rows that have a label"
             )
-        y, p = yt[present, t], yp[present, t]
-        if kind == "classification":
-            ok = not skip and np.unique(y).size == 2
-            per_task["roc_auc"].append(float(roc_auc_score(y, p)) if ok else float("nan"))
-        else:
-            err = p - y
+        if kind == "regression":
+            err = yp[present, t] - yt[present, t]
             per_task["rmse"].append(float("nan") if skip else float(np.sqrt(np.mean(err**2))))
             per_task["mae"].append(float("nan") if skip else float(np.mean(np.abs(err))))
+    if kind == "classification":  # a skipped task's NaN predictions leave no row: NaN
+        per_task["roc_auc"] = roc_auc_per_column(yt, yp)
     names = ["roc_auc"] if kind == "classification" else ["rmse", "mae"]
     out: dict = {}
     for m in names:

@@ -71,11 +71,12 @@ def fit_row(run: TaskRun, X: np.ndarray, seed: int, row: str, degraded: Sequence
     test copy (``[n_test, d]`` each). Returns (the fit, the primary metric of each copy).
 
     The learner and grid point of the row's first seed are reused for later seeds unless
-    ``grid_every_seed``; ``learner`` overrides the run's (the paper protocol's xgboost).
+    ``grid_every_seed``; ``learner`` overrides the run's (the paper protocol's xgboost), with its
+    own first-seed choice in ``run.chosen`` under ``"<learner>:<row>"``.
     """
     cfg, data = run.config, run.data
-    own = learner is None
-    previous = run.chosen.get(row) if own and not cfg.grid_every_seed else None
+    key = row if learner is None else f"{learner}:{row}"
+    previous = None if cfg.grid_every_seed else run.chosen.get(key)
     if previous is not None:
         learner, params = previous["learner"], previous["params"]
     else:
@@ -96,8 +97,7 @@ def fit_row(run: TaskRun, X: np.ndarray, seed: int, row: str, degraded: Sequence
                                            1 + len(degraded))
         fit["test"], fit["test_metric"] = blocks[0], blocks[0][fit["metric"]]
         extra = [b[fit["metric"]] for b in blocks[1:]]
-    if own:
-        run.chosen.setdefault(row, {"learner": fit["learner"], "params": fit["params"]})
+    run.chosen.setdefault(key, {"learner": fit["learner"], "params": fit["params"]})
     return fit, extra
 
 
@@ -167,18 +167,6 @@ def _paper_row(run: TaskRun, X: np.ndarray, row: str) -> None:
     if run.config.learner == PAPER_LEARNER:  # Table 1 is the paper's protocol already
         result.paper[row] = list(result.rows[row])
         return
-    params = None
     for seed in run.seeds:
-        fit = _downstream.fit_and_score(
-            *_with_labels(run, X), run.data.task.kind, seed, learner=PAPER_LEARNER,
-            params=None if run.config.grid_every_seed else params, n_estimators=run.config.n_estimators,
-            n_jobs=run.config.n_jobs)
-        params = fit["params"]
+        fit, _ = fit_row(run, X, seed, row, learner=PAPER_LEARNER)
         result.paper.setdefault(row, []).append(float(fit["test_metric"]))
-
-
-def _with_labels(run: TaskRun, X: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(X_train, y_train, X_valid, y_valid, X_test, y_test) of a full-row matrix."""
-    X_train, X_valid, X_test = run.data.splits_of(X)
-    y = run.data.labels
-    return X_train, y["train"], X_valid, y["valid"], X_test, y["test"]

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from dmf_ray.model.finetune import FinetunedModel, Head, fit_finetuned, make_optimizer
+from dmf_ray.model.metrics import roc_auc_per_column
 from dmf_ray.model.validation import ConfigModel
 from dmf_ray.modalities import ModalityBatch
 from dmf_ray.pipelines.finetune.model import Predictor, probabilities, save_finetuned
@@ -70,17 +71,10 @@ class FinetuneResult:
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Mean ROC-AUC (sklearn.metrics.roc_auc_score, scikit-learn 1.x) over the label columns
-    that have both classes among their non-NaN labels; None when none has. labels, scores [n, T]."""
-    from sklearn.metrics import roc_auc_score
-
-    aucs = []
-    for t in range(labels.shape[1]):
-        known = ~np.isnan(labels[:, t]) & ~np.isnan(scores[:, t])
-        y = labels[known, t]
-        if len(np.unique(y)) == 2:
-            aucs.append(roc_auc_score(y, scores[known, t]))
-    return float(np.mean(aucs)) if aucs else None
+    """Mean ROC-AUC over the label columns that have both classes among their rows with a label
+    and a score (dmf_ray.model.metrics.roc_auc_per_column); None when none has. labels, scores [n, T]."""
+    defined = [a for a in roc_auc_per_column(labels, scores) if not np.isnan(a)]
+    return float(np.mean(defined)) if defined else None
 
 
 @dataclass
