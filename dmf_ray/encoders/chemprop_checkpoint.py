@@ -27,6 +27,10 @@ AGGREGATIONS = ("chemprop.nn.agg.MeanAggregation", "chemprop.nn.agg.SumAggregati
                 "chemprop.nn.agg.NormAggregation", "chemprop.nn.agg.AttentiveAggregation")
 ACTIVATION_PREFIX = "torch.nn.modules.activation."
 ACTIVATION_NAMES = ("relu", "leakyrelu", "prelu", "tanh", "elu")
+# Upper bounds of the recorded sizes: far above any real model (Chemprop's featurisers give
+# 72/133 atom and 14 bond features, d_h 300-2400, depth 3-6), low enough that a file cannot
+# make every later vector or loop absurdly large.
+SIZE_LIMITS = {"d_v": 4096, "d_e": 4096, "d_h": 65536, "depth": 64}
 
 
 class CheckpointRefused(ValueError):
@@ -77,8 +81,9 @@ def read_checkpoint(path: str) -> Checkpoint:
     """Read ``path`` with ``torch.load(weights_only=True)`` through the allow-list.
 
     Raises CheckpointRefused (one line) for a file naming a global outside the allow-list, one
-    that is not a Chemprop v2 single-molecule MPNN checkpoint, or one needing inputs this encoder
-    cannot give (extra atom descriptors, scaled atom/bond features)."""
+    that is not a Chemprop v2 single-molecule MPNN checkpoint, one whose sizes (``d_v``, ``d_e``,
+    ``d_h``, ``depth``) are not integers within :data:`SIZE_LIMITS`, or one needing inputs this
+    encoder cannot give (extra atom descriptors, scaled atom/bond features)."""
     import torch
     from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
 
@@ -107,7 +112,8 @@ def read_checkpoint(path: str) -> Checkpoint:
         found = _qualified(mp.get("cls")) if isinstance(mp, dict) else "none"
         raise CheckpointRefused(f"{path}: message passing {found} is not a single-molecule Chemprop v2 one "
                                 f"({', '.join(n.rsplit('.', 1)[1] for n in MESSAGE_PASSING)})")
-    if int(mp.get("d_vd") or 0):
+    _check_sizes(path, mp)
+    if mp.get("d_vd"):
         raise CheckpointRefused(f"{path}: the model needs {mp['d_vd']} extra atom descriptors per atom, "
                                 "which this encoder does not compute")
     transform = mp.get("graph_transform")
@@ -123,6 +129,24 @@ def read_checkpoint(path: str) -> Checkpoint:
     return Checkpoint(path, hparams, dict(data["state_dict"]), [str(c) for c in columns if isinstance(c, str)])
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_sizes(path: str, mp: dict) -> None:
+    """CheckpointRefused unless ``d_v``, ``d_e``, ``d_h``, ``depth`` are integers within
+    :data:`SIZE_LIMITS` and ``d_vd`` (extra atom descriptors) is None or a non-negative integer."""
+    for key, most in SIZE_LIMITS.items():
+        value = mp.get(key)
+        if not _is_int(value) or not 1 <= value <= most:
+            shown = "missing" if key not in mp else f"{' '.join(repr(value).split())[:40]}"
+            raise CheckpointRefused(f"{path}: message passing {key} is {shown}, not an integer in 1..{most}")
+    d_vd = mp.get("d_vd")
+    if d_vd is not None and (not _is_int(d_vd) or d_vd < 0):
+        raise CheckpointRefused(f"{path}: message passing d_vd is {' '.join(repr(d_vd).split())[:40]}, "
+                                "not a count of extra atom descriptors")
+
+
 def _activation(recorded: Any) -> Any:
     """The real torch activation a stand-in recorded (only torch.nn.modules.activation classes)."""
     import torch
@@ -135,9 +159,12 @@ def _activation(recorded: Any) -> Any:
         if value not in ACTIVATION_NAMES:
             raise CheckpointRefused(f"activation {value!r} is not one of {', '.join(ACTIVATION_NAMES)}")
         return value
-    if not name.startswith(ACTIVATION_PREFIX) or not hasattr(torch.nn, name[len(ACTIVATION_PREFIX):]):
+    cls = getattr(torch.nn, name[len(ACTIVATION_PREFIX):], None) if name.startswith(ACTIVATION_PREFIX) else None
+    # Only a module class of torch.nn.modules.activation (torch.nn also holds submodules such as
+    # functional, and base classes): anything else is refused.
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+            and cls.__module__ == ACTIVATION_PREFIX.rstrip(".")):
         raise CheckpointRefused(f"activation {name} is not a torch activation")
-    cls = getattr(torch.nn, name[len(ACTIVATION_PREFIX):])
     module = cls.__new__(cls)
     module.__setstate__(dict(getattr(recorded, "state", {})))
     return module
@@ -147,19 +174,27 @@ def encoder_modules(checkpoint: Checkpoint) -> Any:
     """``torch.nn.ModuleDict`` of the checkpoint's message passing, aggregation and batch norm,
     weights loaded (strict), in eval mode: ``bn(agg(message_passing(graph), batch))`` is the
     learned encoding Chemprop's ``MPNN.fingerprint`` returns (without extra descriptors).
-    Needs chemprop installed."""
+    Needs chemprop installed. CheckpointRefused (one line) when the recorded arguments do not
+    build the classes or the weights do not fit them."""
     import torch
     from chemprop.nn import agg as agg_module
     from chemprop.nn.message_passing import base as mp_module
 
     hp = checkpoint.hparams
-    mp_args = {k: v for k, v in hp["message_passing"].items() if k != "cls"}
-    mp_args.update(graph_transform=None, V_d_transform=None, activation=_activation(mp_args.get("activation", "relu")))
-    mp_cls = getattr(mp_module, _qualified(hp["message_passing"]["cls"]).rsplit(".", 1)[1])
-    agg_cls = getattr(agg_module, _qualified(hp["agg"]["cls"]).rsplit(".", 1)[1])
-    message_passing = mp_cls(**mp_args)
-    aggregation = agg_cls(**{k: v for k, v in hp["agg"].items() if k != "cls"})
-    bn = torch.nn.BatchNorm1d(message_passing.output_dim) if hp.get("batch_norm") else torch.nn.Identity()
+    try:  # recorded arguments the classes do not take, or values of the wrong type
+        mp_args = {k: v for k, v in hp["message_passing"].items() if k != "cls"}
+        mp_args.update(graph_transform=None, V_d_transform=None,
+                       activation=_activation(mp_args.get("activation", "relu")))
+        mp_cls = getattr(mp_module, _qualified(hp["message_passing"]["cls"]).rsplit(".", 1)[1])
+        agg_cls = getattr(agg_module, _qualified(hp["agg"]["cls"]).rsplit(".", 1)[1])
+        message_passing = mp_cls(**mp_args)
+        aggregation = agg_cls(**{k: v for k, v in hp["agg"].items() if k != "cls"})
+        bn = torch.nn.BatchNorm1d(message_passing.output_dim) if hp.get("batch_norm") else torch.nn.Identity()
+    except CheckpointRefused as exc:
+        raise CheckpointRefused(f"{checkpoint.path}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointRefused(f"{checkpoint.path}: the recorded model cannot be built "
+                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
     modules = torch.nn.ModuleDict({"message_passing": message_passing, "agg": aggregation, "bn": bn})
     wanted = {k: v for k, v in checkpoint.state_dict.items() if k.split(".", 1)[0] in modules}
     try:

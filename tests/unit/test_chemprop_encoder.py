@@ -17,7 +17,7 @@ import pytest
 from rdkit import Chem
 
 from dmf_ray.encoders import encoder_from_option, encoder_from_spec
-from dmf_ray.encoders.chemprop_checkpoint import CheckpointRefused, read_checkpoint
+from dmf_ray.encoders.chemprop_checkpoint import CheckpointRefused, encoder_modules, read_checkpoint
 from dmf_ray.molecules import parse_smiles
 
 chemprop = pytest.importorskip("chemprop", reason="the [graph] extra (chemprop) is not installed")
@@ -141,6 +141,60 @@ def test_the_cli_prints_one_line_for_a_refused_checkpoint(tmp_path):
                           f"f('chemprop={evil}')"], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode != 0 and "CheckpointRefused" in run.stderr and "allow-list" in run.stderr
     assert not (tmp_path / "pwned.txt").exists()
+
+
+def _tampered(tiny_checkpoint: str, path, change) -> str:
+    """A copy of the tiny checkpoint (a file this test wrote, so unpickling it is fine) with
+    ``change`` applied to its message passing hyper-parameters."""
+    import torch
+
+    data = torch.load(tiny_checkpoint, weights_only=False)
+    change(data["hyper_parameters"]["message_passing"])
+    torch.save(data, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda mp: mp.pop("d_h"), "message passing d_h is missing, not an integer in 1..65536"),
+    (lambda mp: mp.update(d_h=10**7), "d_h is 10000000, not an integer in 1..65536"),
+    (lambda mp: mp.update(depth=0), "depth is 0, not an integer in 1..64"),
+    (lambda mp: mp.update(depth=True), "depth is True, not an integer"),
+    (lambda mp: mp.update(d_v="72"), "d_v is '72', not an integer"),
+    (lambda mp: mp.update(d_e=14.0), "d_e is 14.0, not an integer"),
+    (lambda mp: mp.update(d_vd="many"), "d_vd is 'many', not a count of extra atom descriptors"),
+])
+def test_malformed_sizes_are_refused_with_one_line(tiny_checkpoint, tmp_path, change, message):
+    # Review #10: these were KeyError/TypeError tracebacks.
+    path = _tampered(tiny_checkpoint, tmp_path / "bad.pt", change)
+    with pytest.raises(CheckpointRefused) as info:
+        encoder_from_option(f"chemprop={path}")
+    assert message in str(info.value) and "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_arguments_the_classes_do_not_take_are_refused_with_one_line(tiny_checkpoint, tmp_path):
+    path = _tampered(tiny_checkpoint, tmp_path / "extra.pt", lambda mp: mp.update(bogus=1))
+    checkpoint = read_checkpoint(path)  # the sizes are fine: refused when the model is built
+    with pytest.raises(CheckpointRefused, match=r"extra\.pt: the recorded model cannot be built \(TypeError: .*bogus"):
+        encoder_modules(checkpoint)
+    _, encoder = encoder_from_option(f"chemprop={path}")
+    with pytest.raises(CheckpointRefused, match="cannot be built"):
+        encoder.encode([parse_smiles("CCO")])
+
+
+class functional:  # noqa: N801 - spelled as the torch.nn attribute it impersonates
+    """Pickled as torch.nn.modules.activation.functional: torch.nn.functional is a module, not a class."""
+
+
+def test_an_activation_that_is_not_a_torch_module_class_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
+    import torch.nn.modules.activation as activation
+
+    functional.__module__, functional.__qualname__ = "torch.nn.modules.activation", "functional"
+    monkeypatch.setattr(activation, "functional", functional, raising=False)  # only while saving
+    path = _tampered(tiny_checkpoint, tmp_path / "act.pt", lambda mp: mp.update(activation=functional()))
+    monkeypatch.undo()
+    with pytest.raises(CheckpointRefused, match=r"act\.pt: activation torch\.nn\.modules\.activation\.functional "
+                                                "is not a torch activation"):
+        encoder_modules(read_checkpoint(path))
 
 
 @pytest.fixture(scope="module")
