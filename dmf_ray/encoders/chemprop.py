@@ -10,7 +10,8 @@ was trained so; no extra descriptors. Several members are concatenated (default)
 ``admet-ai`` wheel (``package:admet_ai/resources/models``): one member of its classification
 ensemble and one of its regression ensemble (300-d each, 600-d together), trained on 41 TDC
 ADMET datasets (their names are this modality's ``trained_on``, with the MoleculeNet data sets
-they share molecules and labels with). ``chemprop=/path/model.pt`` (a file, or a directory of
+they share molecules and labels with; also when those files are given by path or copied: a
+member is recognised by its sha256). ``chemprop=/path/model.pt`` (a file, or a directory of
 members) takes any Chemprop v2 single-molecule checkpoint; options ``members=a.pt,b.pt``,
 ``combine=concat|mean``, ``trained_on=name,name`` (declare the training data for leakage flags).
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from dmf_ray.encoders.base import register
 from dmf_ray.encoders.chemprop_checkpoint import Checkpoint, CheckpointRefused, encoder_modules, read_checkpoint
-from dmf_ray.encoders.identity import PACKAGE_PREFIX, MissingExtraError, package_directory
+from dmf_ray.encoders.identity import PACKAGE_PREFIX, MissingExtraError, file_sha256, package_directory
 from dmf_ray.encoders.pretrained import PretrainedEncoder
 from dmf_ray.molecules import Molecule
 
@@ -69,6 +70,20 @@ def trained_on_of(columns: list[str]) -> tuple[str, ...]:
     if any(c.startswith(TOX21_TASKS) for c in columns):
         names.add("moleculenet:tox21")
     return tuple(sorted(names))
+
+
+def is_shipped_admet(path: str) -> bool:
+    """Whether the checkpoint file at ``path`` is byte for byte one of the models the installed
+    ``admet-ai`` ships (same size, then same sha256), wherever it lies or however it is spelled.
+    False when admet-ai is not installed."""
+    try:
+        shipped = package_directory(ADMET_MODELS)
+        size = os.path.getsize(path)
+    except (MissingExtraError, OSError):
+        return False
+    same_size = [os.path.join(root, f) for root, _, files in os.walk(shipped) for f in files
+                 if f.endswith(".pt") and os.path.getsize(os.path.join(root, f)) == size]
+    return bool(same_size) and file_sha256(path) in {file_sha256(f) for f in same_size}
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -118,8 +133,11 @@ class Chemprop(PretrainedEncoder):
             raise ValueError(f"encoder {self.name!r}: combine=mean needs members of one width, got {dims}")
         self._dim = sum(dims) if combine == "concat" else dims[0]
         self.combine = combine
-        columns = [c for ck in self.checkpoints for c in ck.output_columns]
-        self.trained_on = tuple(trained_on) if trained_on else (trained_on_of(columns) if model == ADMET_MODELS else ())
+        # Leakage flags follow the checkpoint's content, not its spelling: ADMET-AI's shipped files
+        # given by path (or copied elsewhere) carry the same training data as package:.
+        columns = [c for ck in self.checkpoints if model == ADMET_MODELS or is_shipped_admet(ck.path)
+                   for c in ck.output_columns]
+        self.trained_on = tuple(trained_on) if trained_on else trained_on_of(columns)
 
     def _all_members(self, model: str) -> tuple[str, ...]:
         directory = package_directory(model, self.extra) if model.startswith(PACKAGE_PREFIX) else os.path.expanduser(model)

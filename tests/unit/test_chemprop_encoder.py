@@ -218,6 +218,24 @@ def test_shipped_admet_models_give_chemprops_own_fingerprints(admet):
         encoder_from_option("chemprop-admet=/tmp/x.pt")
 
 
+def test_leakage_flags_follow_the_files_not_their_spelling(admet, tmp_path, tiny_checkpoint):
+    # Review #11: the shipped files given by absolute path (or copied) were trained_on=().
+    import shutil
+
+    members = ",".join(admet.args["members"])
+    by_path = encoder_from_option(f"chemprop={admet.directory};members={members}")[1]
+    assert by_path.args["model"] != admet.args["model"] and by_path.trained_on == admet.trained_on
+    one = os.path.join(admet.directory, "admet_classification", "model_0.pt")
+    copy = tmp_path / "mine.pt"
+    shutil.copyfile(one, copy)
+    for spelled in (one, str(copy)):
+        trained = set(encoder_from_option(f"chemprop={spelled}")[1].trained_on)
+        assert {"tdc:ClinTox", "moleculenet:clintox", "moleculenet:bbbp", "moleculenet:tox21"} <= trained
+        assert trained < set(admet.trained_on)  # the classification member's data sets only
+    assert encoder_from_option(f"chemprop={tiny_checkpoint}")[1].trained_on == ()
+    assert encoder_from_option(f"chemprop={copy};trained_on=mine")[1].trained_on == ("mine",)  # declared wins
+
+
 def test_nothing_reaches_the_terminal_while_loading_and_encoding(tmp_path):
     pytest.importorskip("admet_ai", reason="the [graph] extra (admet-ai) is not installed")
     code = ("from dmf_ray.encoders import encoder_from_option; from dmf_ray.molecules import parse_smiles; "
