@@ -64,3 +64,29 @@ def test_robustness_with_one_and_two_withheld(tuned):
     assert set(figures["by_subset"]) >= {"-", "ecfp", "maccs+rdkit2d"}
     # Trained with masking on, the predictor stays well above chance with two of three withheld.
     assert figures["mean"]["2"] > 0.6, figures
+
+
+def test_a_label_column_the_task_skips_is_neither_trained_nor_scored(task, tmp_path):
+    # Review #2: load_task keeps a one-class column (listed in skipped_labels) instead of refusing.
+    import dataclasses
+
+    from dmf_ray.pipelines.finetune import roc_auc
+
+    b = {s: np.zeros(len(task.labels[s])) for s in ("train", "valid", "test")}
+    for s in ("valid", "test"):
+        b[s][::3] = 1.0  # both classes where it would be scored
+    two = dataclasses.replace(task, labels={s: np.column_stack([task.labels[s][:, 0], b[s]]) for s in b},
+                              label_names=["p_np", "b"], skipped_labels={"b": "only class 0 in train"})
+    from dmf_ray.molecules import InvalidSmilesError, iter_parsed
+
+    valid = [s for s, m in zip(task.smiles["train"][:80], iter_parsed(task.smiles["train"][:80]))
+             if not isinstance(m, InvalidSmilesError)]
+    pretrained = save_random_model(tmp_path / "pretrained", valid, ["maccs"], latent_dim=8)
+    lines: list[str] = []
+    result = finetune(FinetuneConfig(model=pretrained, task="two", out=str(tmp_path / "out"), epochs=1, seed=0),
+                      two, log=lines.append)
+    probabilities = Predictor(result.model_dir).predict(two.smiles["test"])
+    assert result.test_auc == pytest.approx(roc_auc(two.labels["test"][:, :1], probabilities[:, :1]))
+    assert result.test_auc != pytest.approx(roc_auc(two.labels["test"], probabilities))
+    assert any("label b skipped: only class 0 in train" in line for line in lines)
+    assert load_finetuned(result.model_dir)[1]["finetune"]["skipped_labels"] == {"b": "only class 0 in train"}

@@ -87,7 +87,12 @@ def _encode(predictor_encoders: dict, names: list[str], task: TaskLike, split: s
     from dmf_ray.encoders.batch import encode_smiles
 
     encoded = encode_smiles(task.smiles[split], predictor_encoders, names)
-    return _Split(encoded.batch, np.asarray(task.labels[split], dtype=np.float64)[encoded.rows])
+    labels = np.array(task.labels[split], dtype=np.float64)[encoded.rows]
+    # A column the task lists as unfittable (one class, or no label, in train) is neither
+    # trained on nor scored, as dmf evaluate's learners skip it.
+    skipped = getattr(task, "skipped_labels", {})
+    labels[:, [j for j, c in enumerate(task.label_names) if c in skipped]] = np.nan
+    return _Split(encoded.batch, labels)
 
 
 def _check_task(task: TaskLike) -> None:
@@ -119,7 +124,8 @@ def finetune(config: FinetuneConfig, task: TaskLike, log: Callable[[str], None] 
                                         config.dropout))
     optimizer = make_optimizer(model, config.lr, config.weight_decay, fusion_lr=config.fusion_lr)
     log(f"finetune {task.name}: {len(data['train'].labels)} training, {len(data['valid'].labels)} validation "
-        f"molecules; {len(task.label_names)} label(s); masking p={config.mask_p}")
+        f"molecules; {len(task.label_names)} label(s); masking p={config.mask_p}"
+        + "".join(f"; label {c} skipped: {why}" for c, why in getattr(task, "skipped_labels", {}).items()))
 
     def valid_auc(m: FinetunedModel) -> float | None:
         return roc_auc(data["valid"].labels, probabilities(m, data["valid"].batch))
@@ -146,6 +152,7 @@ def finetune(config: FinetuneConfig, task: TaskLike, log: Callable[[str], None] 
 def _card(pretrained: dict, config: FinetuneConfig, task: TaskLike, result: FinetuneResult) -> dict[str, Any]:
     keep = {k: v for k, v in pretrained.items() if k not in ("format", "format_version", "fusion", "weights_sha256")}
     return {**keep, "finetune": {**config.model_dump(), "task_name": task.name, "label_names": list(task.label_names),
+                                 "skipped_labels": dict(getattr(task, "skipped_labels", {})),
                                  "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                                  "valid_auc": result.valid_auc, "test_auc": result.test_auc,
                                  "history": result.history}}
