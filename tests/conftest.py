@@ -10,6 +10,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Ray Data 2.60 starts 32 FooterReader actors (each a worker process) for every Parquet read
+# (ray/data/_internal/datasource_v2/formats/parquet/footer_file_indexer.py); on the 2-CPU test
+# clusters that was most of a small store's Ray Data join (an 8-molecule `dmf embed --store`
+# through it took 55-90 s). Set before any Ray starts, so the session's cluster, `ray start`
+# heads and the commands tests run in their own processes inherit it; the read path is the same.
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
+
 
 def rdkit_sample_file() -> str:
     import rdkit
