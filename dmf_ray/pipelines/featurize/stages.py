@@ -237,12 +237,12 @@ def _write_stage(batch: dict[str, np.ndarray], store_uri: str, run: str, specs: 
     for i in np.flatnonzero(batch["inputs"] >= 0):  # a shard's header row (see molecules_to_encode)
         # Its input rows, and each modality it waits for with 0 rows: the driver then knows the
         # whole shard, whichever of its rows arrive first.
-        waits = {name: int(batch[f"expect__{name}"][i]) for name in specs if batch[f"expect__{name}"][i] > 0}
-        for name, rows, expected in [(INPUT_ROWS, int(batch["inputs"][i]), int(batch["inputs"][i])),
-                                     *[(name, 0, expected) for name, expected in waits.items()]]:
+        inputs = int(batch["inputs"][i])
+        waits = [(name, 0, int(batch[f"expect__{name}"][i])) for name in specs if batch[f"expect__{name}"][i] > 0]
+        for name, count, expected in [(INPUT_ROWS, inputs, inputs), *waits]:
             status["shard"].append(shards[i])
             status["modality"].append(name)
-            status["rows"].append(rows)
+            status["rows"].append(count)
             status["expected"].append(expected)
     if not status:
         return {"shard": np.array([], dtype=object), "modality": np.array([], dtype=object), "rows": np.array([], dtype=np.int64), "expected": np.array([], dtype=np.int64)}
