@@ -5,14 +5,15 @@ Two sources:
   SMILES into fused vectors exactly as the online service does;
 - a store: the stored modality vectors are fused directly (no featurisation); the store's
   encoders must be the ones the model was trained with. A store whose vectors fit in memory
-  (``IN_MEMORY_JOIN_MAX_BYTES``) is joined and fused in the driver; a larger one through Ray
-  Data joins and an actor pool.
+  (``IN_MEMORY_JOIN_MAX_BYTES``) is joined, fused and written in the driver (no Ray job); a
+  larger one through Ray Data joins and an actor pool.
 
 Output: a Parquet dataset (a folder) with one row per input row, aligned with a status:
 ``mol_id``, ``smiles``, ``embedding`` (fixed_size_list<float32>, null on failure),
 ``attn_<modality>`` per model modality (0 where absent), ``present`` (modality names used),
-``error`` (null or the reason), plus ``source``/``row`` to trace the row back. Rerunning
-overwrites the output.
+``error`` (null or the reason), plus ``source``/``row`` to trace the row back. Each Parquet
+file (``part-<random>.parquet``) is written whole by the task that fused its rows, which tells
+the driver its row count (the progress reports). Rerunning overwrites the output.
 """
 
 from __future__ import annotations
