@@ -7,11 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from dmf_ray.artifact import save_fusion_model
-from dmf_ray.cli import main as dmf
+from dmf_ray.cli import console, main as dmf
 from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.inference import FusionEmbedder
 from dmf_ray.model.fusion import DynamicFusion, FusionConfig
 from dmf_ray.store import EmbeddingStore
+from progress_check import ProgressRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,14 @@ def library(ray_session, tmp_path_factory):
     return root, str(src), store, str(model_dir)
 
 
-def test_embed_files_with_a_dropped_modality(library):
+def recorded_bar(monkeypatch) -> ProgressRecorder:
+    """What the workflow reports to ``dmf``'s progress bar (shown only on a terminal)."""
+    progress = ProgressRecorder()
+    monkeypatch.setattr(console.Step, "update", lambda self, done, total=None: progress(done, total))
+    return progress
+
+
+def test_embed_files_with_a_dropped_modality(library, monkeypatch):
     root, src, _, model_dir = library
     out = root / "fused.parquet"
     assert dmf(["embed", "--model", model_dir, src, "--out", str(out), "--drop-modalities", "maccs"]) == 0
@@ -56,9 +64,11 @@ def test_embed_files_with_a_dropped_modality(library):
     expected = FusionEmbedder(model_dir).embed_smiles(list(good.smiles), drop=["maccs"])
     np.testing.assert_allclose(np.stack(good.embedding.to_list()), np.stack([e["embedding"] for e in expected]), atol=1e-5)
 
-    # A rerun overwrites instead of appending.
+    # A rerun overwrites instead of appending; its bar counts the rows written of the input rows.
+    progress = recorded_bar(monkeypatch)
     assert dmf(["embed", "--model", model_dir, src, "--out", str(out), "--drop-modalities", "maccs"]) == 0
     assert pq.read_table(out).num_rows == len(SMILES)
+    progress.check(len(SMILES))
 
 
 def check_stored_rows_reused(table, model_dir: str, rows: int) -> None:
@@ -75,12 +85,14 @@ def check_stored_rows_reused(table, model_dir: str, rows: int) -> None:
         assert row.attn_maccs == pytest.approx(expected[row.mol_id]["attention"]["maccs"], abs=1e-5)
 
 
-def test_embed_a_store_reuses_stored_vectors(library):
+def test_embed_a_store_reuses_stored_vectors(library, monkeypatch):
     # In memory (the store is small); the Ray Data join path is checked on the partially paired
     # store below, which holds these rows too (one Ray Data run instead of two).
     root, src, store, model_dir = library
     out = root / "from_store.parquet"
+    progress = recorded_bar(monkeypatch)
     assert dmf(["embed", "--model", model_dir, "--store", store, "--out", str(out), "--drop-modalities", "rdkit2d"]) == 0
+    progress.check(len(SMILES))  # rows written of the store's input rows
     check_stored_rows_reused(pq.read_table(out).to_pandas(), model_dir, len(SMILES))
 
 
@@ -103,7 +115,9 @@ def test_embed_a_partially_paired_store_fuses_only_what_is_stored(library, join,
     if join == "ray data":
         monkeypatch.setattr("dmf_ray.store.IN_MEMORY_JOIN_MAX_BYTES", 0)
     out = root / f"partial_{join.replace(' ', '_')}.parquet"
+    progress = recorded_bar(monkeypatch)
     assert dmf(["embed", "--model", model_dir, "--store", store, "--out", str(out), "--drop-modalities", "rdkit2d"]) == 0
+    progress.check(len(SMILES) + 2)  # rows written of the store's input rows (both files)
     table = pq.read_table(out).to_pandas()
     check_stored_rows_reused(table[table.source.str.endswith("lib.smi")], model_dir, len(SMILES))
     ecfp_only = table[table.source.str.endswith("extra.smi")]
