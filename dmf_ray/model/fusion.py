@@ -36,7 +36,10 @@ class FusionSettings(ConfigModel):
 
     The paper gives no loss weights; the defaults keep reconstruction (the self-supervised signal
     that makes the fused vector informative about missing modalities) dominant and the
-    regularisers an order of magnitude smaller.
+    regularisers an order of magnitude smaller. ``reconstruction="auto"`` (the default) reconstructs
+    each modality with the likelihood of its value kind (``likelihoods``): on 8,651 ZINC molecules
+    it raised the hidden-modality cosine of ECFP from 0.24 to 0.29 and of MACCS from 0.75 to 0.79,
+    downstream ROC-AUC unchanged within pretraining noise (README, quality section).
     """
 
     latent_dim: int = Field(512, gt=0, strict=True, description="fused vector (shared latent) dim")
