@@ -147,6 +147,10 @@ def test_a_model_directory_written_before_the_setting_loads_as_mse(tmp_path):
     new, _ = load_fusion_model(tmp_path / "new")
     assert new.config.reconstruction == "auto" and new.config.reconstruction_kinds == KINDS
     assert torch.equal(new.reconstruction_scales(), model.reconstruction_scales())
+    # The cached divisors follow the statistics.
+    before = new.reconstruction_scales().clone()
+    new.set_normalization({"bits": (np.full(DIMS[0], 0.5), np.full(DIMS[0], 0.5))})
+    assert new.reconstruction_scales()[0] == pytest.approx(np.log(2)) and torch.equal(new.reconstruction_scales()[1:], before[1:])
     with pytest.raises(ValueError, match="value_kinds has 2 entries but modalities has 3"):
         FusionConfig(modalities=NAMES, dims=DIMS, value_kinds=KINDS[:2])
 
