@@ -29,7 +29,9 @@ class FusedBatch:
     fused: np.ndarray  # [n, d] float32; zero rows where nothing was present
     attention: np.ndarray  # [n, M] float32
     gates: list[np.ndarray] | None = None  # M x [n, d_m]
-    reconstructions: list[np.ndarray] | None = None  # M x [n, d_m], raw input space
+    # M x [n, d_m] in each modality's own units: the decoder's expected value (for a binary or count
+    # modality of a reconstruction="auto" model, the probability of a 1 / the expected count)
+    reconstructions: list[np.ndarray] | None = None
 
 
 def choose_modalities(model_modalities: list[str], use: list[str] | None = None, drop: list[str] | None = None) -> list[str]:
@@ -71,7 +73,7 @@ def fuse_arrays(
             for g, t in zip(gates, out.gates):
                 g[part] = t.cpu().numpy()
         if recon is not None:
-            for r, t in zip(recon, model.denormalize(out.reconstructions)):
+            for r, t in zip(recon, model.reconstruction_values(out.reconstructions)):
                 r[part] = t.cpu().numpy()
     return FusedBatch(fused, attention, gates, recon)
 

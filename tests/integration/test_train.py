@@ -105,6 +105,9 @@ def test_in_process_fit_with_the_ray_data_join_lowers_the_loss(store, tmp_path):
     assert history[-1]["train/total"] < history[0]["train/total"]
     assert {h["mask_p"] for h in history} == {0.3}
     FusionEmbedder(str(out))  # loadable
+    # The encoders' value kinds reach the model: Poisson for ECFP counts, Bernoulli for MACCS bits.
+    fusion = read_model_config(out)["fusion"]
+    assert (fusion["reconstruction"], fusion["value_kinds"]) == ("auto", ["count", "binary", "continuous"])
 
 
 @pytest.mark.slow
