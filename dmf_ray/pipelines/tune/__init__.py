@@ -16,7 +16,8 @@ What happens, in order:
 2. Ray Tune runs ``num_samples`` trials (times the grid points) through its function API: each
    trial is one ``train()`` call, i.e. one Ray Train (V2) run of the same DDP loop as
    ``dmf train``, written to ``<out>/_tune/trials/<trial id>``; Ray Train's TuneReportCallback
-   forwards every epoch's metrics to Tune;
+   forwards every epoch's metrics to Tune (``report.DownstreamReport`` first adds the downstream
+   scores of the epoch's checkpoint when the search names objective tasks);
 3. ASHA (Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning", Ray Tune's
    ``ASHAScheduler``) compares trials at epochs grace_period * reduction_factor^k and stops the
    ones below the top 1/reduction_factor there;
