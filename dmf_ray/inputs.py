@@ -302,14 +302,16 @@ def read_chunks(file: InputFile, chunk_rows: int, skip: set[str] = frozenset()) 
 
 def read_rows_stage(batch: dict, chunk_rows: int) -> Iterator[pa.Table]:
     """Ray Data stage: InputFile payloads (column ``file``) -> tables of one row per input line
-    (source, row, smiles, source_id), ``chunk_rows`` rows at a time. A malformed CSV row comes
-    as its raw text, which then fails to parse with RDKit's reason."""
+    (source, row, smiles, source_id, problem), ``chunk_rows`` rows at a time. A malformed CSV
+    row comes as its raw text in ``smiles`` with ``problem`` saying why (file line, fields
+    expected and found); ``problem`` is null for every other row."""
     for payload in batch["file"]:
         for chunk in read_chunks(InputFile(**payload), chunk_rows):
             yield pa.table({"source": pa.array([chunk.source] * len(chunk.rows), pa.string()),
                             "row": pa.array(chunk.rows, pa.int64()),
                             "smiles": pa.array(chunk.smiles, pa.string()),
-                            "source_id": pa.array(chunk.ids, pa.string())})
+                            "source_id": pa.array(chunk.ids, pa.string()),
+                            "problem": pa.array(chunk.problems, pa.string())})
 
 
 def head_smiles(uri: str, n: int, smiles_column: str | None = None) -> list[str]:

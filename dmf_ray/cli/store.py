@@ -30,7 +30,8 @@ def print_store_info(uri: str, as_json: bool) -> None:
     print(f"molecules    {info['molecules']:,} distinct ({info['stored_rows']:,} valid rows)", file=out)
     print(f"failed       {info['failed']:,} rows did not parse (reasons in failures/)", file=out)
     print("modalities", file=out)
+    width = max([12, *map(len, info["modalities"])])  # names line up, chemprop-admet included
     for name, m in info["modalities"].items():
         coverage = m["count"] / info["molecules"] if info["molecules"] else 0.0
-        print(f"  {name:<12} dim {m['dim']:>5}  {m['dtype']:<8} {m['count']:>10,} molecules "
+        print(f"  {name:<{width}} dim {m['dim']:>5}  {m['dtype']:<8} {m['count']:>10,} molecules "
               f"({coverage:.1%})  {m['failed']:,} encoder failures", file=out)

@@ -84,8 +84,14 @@ class EmbedSmilesStage:
         self.use = choose_modalities(self.embedder.modalities, None, drop)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Rows of ``read_rows_stage``: a row the reader found malformed keeps the reader's
+        reason as its error (its raw text is not handed to RDKit as a SMILES)."""
         smiles = [s if s is not None else "" for s in batch.column("smiles").to_pylist()]
-        results = self.embedder.embed_smiles(smiles, self.use)
+        problems = batch.column("problem").to_pylist() if "problem" in batch.column_names else [None] * len(smiles)
+        readable = [i for i, p in enumerate(problems) if p is None]
+        results: list[dict[str, Any]] = [{"input": s, "error": p} for s, p in zip(smiles, problems)]
+        for i, result in zip(readable, self.embedder.embed_smiles([smiles[i] for i in readable], self.use)):
+            results[i] = result
         return _rows_to_table(
             results, self.embedder.modalities, self.embedder.model.config.latent_dim,
             batch.column("source"), batch.column("row"),

@@ -1,0 +1,29 @@
+"""`dmf embed` over input files, row by row without Ray: a malformed CSV row ends as an output
+row whose error is the reader's reason (file line, fields expected and found), not RDKit's
+complaint about the raw line read as a SMILES; the rows around it are embedded."""
+
+import pyarrow as pa
+
+from dmf_ray.inputs import discover_inputs, read_rows_stage
+from dmf_ray.pipelines.embed import EmbedSmilesStage
+from dmf_ray.testing import save_random_model
+
+SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCN(CC)CC"]
+
+
+def test_malformed_csv_row_keeps_the_readers_reason(tmp_path):
+    path = tmp_path / "library.csv"
+    path.write_text("smiles,name\nCCO,ethanol\nc1ccccc1,benzene,extra,fields\nCC(=O)O,acetic acid\n")
+    (file,) = discover_inputs([str(path)])
+    table = pa.concat_tables(list(read_rows_stage({"file": [file.__dict__]}, chunk_rows=100)))
+    assert table.column("row").to_pylist() == [1, 2, 3]
+    problems = table.column("problem").to_pylist()
+    assert problems[0] is None and problems[2] is None
+    assert problems[1] == "malformed CSV row at line 3: expected 2 fields, got 4"
+
+    model = save_random_model(tmp_path / "model", SMILES, ["maccs"], latent_dim=8, gate_hidden=8,
+                              attention_hidden=4, decoder_hidden=8)
+    out = EmbedSmilesStage(model, drop=None)(table)
+    errors = out.column("error").to_pylist()
+    assert errors == [None, problems[1], None]
+    assert out.column("embedding").null_count == 1 and out.column("row").to_pylist() == [1, 2, 3]
