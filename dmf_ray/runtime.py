@@ -27,7 +27,13 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     ``dashboard``: start a local Ray with its dashboard (bound to 127.0.0.1:8265, ~340 MB). Ray
     Train needs it: its placement-group cleaner asks the dashboard's State API every second
     whether the training controller is alive, and without one it cannot do its job and logs a
-    warning each time. Other commands leave it off."""
+    warning each time. Other commands leave it off.
+
+    With the dashboard, the local Ray's workers are told its address (``RAY_API_SERVER_ADDRESS``
+    in the job's runtime_env): Ray Train's cleaner actor otherwise auto-detects the cluster, and
+    with a second Ray on the host (another dmf command, a notebook, a test session) it raises
+    "Found multiple active Ray instances" on its first check and stops watching, so a dead
+    training run's placement group would not be freed."""
     import ray
 
     if ray.is_initialized():
@@ -37,10 +43,42 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     options.pop("num_cpus", None)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**options)
+    elif dashboard:
+        port = _free_local_port()
+        options["runtime_env"] = _with_env_var(options.get("runtime_env"), API_SERVER_ENV, f"http://127.0.0.1:{port}")
+        ray.init(address="local", num_cpus=local_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, **options)
     else:
-        ray.init(address="local", num_cpus=local_cpus, include_dashboard=dashboard, **options)
+        ray.init(address="local", num_cpus=local_cpus, include_dashboard=False, **options)
     for hook in AFTER_RAY_INIT:
         hook()
+
+
+# Ray's State API clients (ray.util.state, 2.60) find the dashboard from this variable before
+# anything else (ray/dashboard/utils.py get_address_for_submission_client).
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def _free_local_port(preferred: int = 8265) -> int:
+    """``preferred`` (Ray's usual dashboard port) if it is free on 127.0.0.1 now, else a port the
+    OS picks. Another process taking it before Ray binds it makes ray.init fail loudly."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # taken (another Ray's dashboard): let the OS pick
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free TCP port on 127.0.0.1")
+
+
+def _with_env_var(runtime_env: dict[str, Any] | None, name: str, value: str) -> dict[str, Any]:
+    """``runtime_env`` with ``env_vars[name] = value`` added (the caller's own value wins)."""
+    merged = dict(runtime_env or {})
+    merged["env_vars"] = {name: value, **dict(merged.get("env_vars") or {})}
+    return merged
 
 
 def cluster_resources() -> tuple[float, float]:

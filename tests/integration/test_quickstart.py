@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,18 +27,28 @@ RAY_NOISE = re.compile(r"Running Dataset|Total Progress|logging_progress|SplitCo
                        r"core_worker\.cc|DeprecationWarning|streaming_executor")
 
 
-def run_dmf(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_dmf(*args: str, timeout: float = 900, ray_tmpdir: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    if ray_tmpdir:
+        env["RAY_TMPDIR"] = ray_tmpdir  # where the command's own Ray keeps its session and logs
     return subprocess.run([sys.executable, "-m", "dmf_ray.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
-def test_quickstart_is_quiet_and_accounts_for_every_molecule_rdkit_ships(tmp_path):
+def test_quickstart_is_quiet_and_accounts_for_every_molecule_rdkit_ships(tmp_path, ray_session):
     out = tmp_path / "dmf-quickstart"
-    done = run_dmf("quickstart", "--out", str(out), "--epochs", "1", "--num-cpus", "2")
+    # A short path: Ray's socket paths live under it (107-byte limit).
+    ray_tmp = tempfile.mkdtemp(prefix="dmfq", dir="/tmp")
+    # The test session's Ray (ray_session) is a second local Ray on this host while it runs.
+    done = run_dmf("quickstart", "--out", str(out), "--epochs", "1", "--num-cpus", "2", ray_tmpdir=ray_tmp)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
+    # Ray Train's placement-group cleaner was told its cluster: with another Ray on the host it
+    # used to raise "Found multiple active Ray instances" and stop watching.
+    cleaner_errors = [str(p) for p in Path(ray_tmp).rglob("*.err") if "multiple active Ray" in p.read_text(errors="replace")]
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not cleaner_errors, cleaner_errors
 
     # Only dmf's own lines: no ERROR line, no Ray progress table or worker lines, no ANSI codes
     # (the output is redirected here, as in a log file or CI).

@@ -30,8 +30,26 @@ def model_dir(tmp_path_factory) -> str:
 
     with open(os.path.join(os.path.dirname(rdkit.__file__), "Data", "NCI", "first_5K.smi")) as f:
         smiles = [line.split()[0] for line in f][:60]
-    return save_random_model(tmp_path_factory.mktemp("lifecycle") / "model", smiles, ["ecfp", "maccs"],
+    # ChemNet (fcd's shipped weights) beside a fingerprint: the served app runs the neural encoder
+    # in a deployment of its own, as a user's model with a neural modality does.
+    return save_random_model(tmp_path_factory.mktemp("lifecycle") / "model", smiles, ["ecfp", "chemnet"],
                              latent_dim=16, gate_hidden=16, attention_hidden=8, decoder_hidden=16)
+
+
+# A SMILES longer than ChemNet reads (349 characters): served with ChemNet absent, not failed.
+SMILES = ["CCO", "CC(=O)Oc1ccccc1C(=O)O", "C" * 360]
+
+
+def assert_same_as_in_process(model_dir: str, served: list[dict]) -> None:
+    import numpy as np
+
+    from dmf_ray.inference import FusionEmbedder
+
+    local = FusionEmbedder(model_dir).embed_smiles(SMILES)
+    assert [r["modalities"] for r in served] == [r["modalities"] for r in local]
+    assert served[2]["modalities"] == ["ecfp"] and served[2]["error"] is None
+    for got, want in zip(served, local):
+        np.testing.assert_allclose(got["embedding"], want["embedding"], atol=1e-5)
 
 
 def free_port() -> int:
@@ -74,7 +92,8 @@ def test_signal_ends_the_server_and_its_cluster(model_dir, tmp_path, how):
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     code = "import sys; from dmf_ray.cli import main; sys.exit(main())"
     with open(out, "w") as o, open(err, "w") as e:
-        server = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", model_dir, "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", model_dir, "--port", str(port),
+                                   "--max-heavy-atoms", "400"],  # room for the long chain of SMILES
                                   env=env, stdout=o, stderr=e, start_new_session=True, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -86,7 +105,10 @@ def test_signal_ends_the_server_and_its_cluster(model_dir, tmp_path, how):
                 return False
 
         assert wait_until(healthy, 240), "server never became healthy"
-        assert requests.post(url + "/v1/embed", json={"smiles": ["CCO"]}, timeout=30).status_code == 200
+        answer = requests.post(url + "/v1/embed", json={"smiles": SMILES}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        if how == "sigterm":  # once is enough: the served numbers are those of the in-process embedder
+            assert_same_as_in_process(model_dir, answer.json()["results"])
         assert marked_processes(marker), "the marker does not reach the server's processes"
         sent = time.monotonic()
         if how == "sigterm":
