@@ -33,6 +33,8 @@ def test_gpu_encoder_run_on_the_cpu_gets_cpu_steps():
     assert on_gpu.step_atoms == 64 * args.gpu_encoders.max_batch_molecules
     fallback = gpu_fallback(args, attached=False, cluster_gpus=0.0)  # `dmf serve` on a machine without GPUs
     assert gpu_fallback(args, attached=True, cluster_gpus=0.0) is args
+    # It fits beside the CPU encoders on a 2-CPU machine (the quickstart model's `dmf serve`).
+    assert fallback.gpu_encoders.num_cpus == 0.1 and args.gpu_encoders.num_cpus == 1.0
     for name, plan in plans(fallback).items():
         assert plan.options["ray_actor_options"]["num_gpus"] == 0.0
         assert not plan.together and plan.step_atoms == args.encode_step_atoms, name

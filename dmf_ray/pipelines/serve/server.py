@@ -67,10 +67,18 @@ def gpu_fallback(args: ServeArgs, attached: bool, cluster_gpus: float) -> ServeA
     """``args`` with ``gpu_encoders.num_gpus: 0`` when this process started a local Ray without
     GPUs and the user set no GPU count: a GPU encoder's replica would wait forever for a GPU
     this machine lacks, while neural encoders pick their device when they load, so they run on
-    the CPU instead (and ``builder.plan_encoders`` gives them CPU-sized steps)."""
+    the CPU instead (and ``builder.plan_encoders`` gives them CPU-sized steps).
+
+    Their replicas then reserve at most ``FALLBACK_CPUS`` logical CPUs: they share the cores
+    with the CPU encoders' replica whatever they reserve, and at the GPU default (1 CPU each) the
+    quickstart's model (fingerprints + ChemNet) could not be placed on a 2-CPU machine."""
     if attached or args.gpu_encoders.num_gpus is not None or cluster_gpus:
         return args
-    return args.model_copy(update={"gpu_encoders": args.gpu_encoders.model_copy(update={"num_gpus": 0.0})})
+    cpus = min(args.gpu_encoders.num_cpus, FALLBACK_CPUS)
+    return args.model_copy(update={"gpu_encoders": args.gpu_encoders.model_copy(update={"num_gpus": 0.0, "num_cpus": cpus})})
+
+
+FALLBACK_CPUS = 0.1  # logical CPUs of a GPU encoder's replica run on the CPU by gpu_fallback
 
 
 def _local_gpu_fallback(args: ServeArgs) -> ServeArgs:
