@@ -29,7 +29,9 @@ class FusedBatch:
     fused: np.ndarray  # [n, d] float32; zero rows where nothing was present
     attention: np.ndarray  # [n, M] float32
     gates: list[np.ndarray] | None = None  # M x [n, d_m]
-    reconstructions: list[np.ndarray] | None = None  # M x [n, d_m], raw input space
+    # M x [n, d_m] in each modality's own units: the decoder's expected value (for a binary or count
+    # modality of a reconstruction="auto" model, the probability of a 1 / the expected count)
+    reconstructions: list[np.ndarray] | None = None
 
 
 def choose_modalities(model_modalities: list[str], use: list[str] | None = None, drop: list[str] | None = None) -> list[str]:
@@ -71,7 +73,7 @@ def fuse_arrays(
             for g, t in zip(gates, out.gates):
                 g[part] = t.cpu().numpy()
         if recon is not None:
-            for r, t in zip(recon, model.denormalize(out.reconstructions)):
+            for r, t in zip(recon, model.reconstruction_values(out.reconstructions)):
                 r[part] = t.cpu().numpy()
     return FusedBatch(fused, attention, gates, recon)
 
@@ -92,13 +94,30 @@ def fuse(model: DynamicFusion, batch: ModalityBatch, with_gates: bool = False,
     return fuse_arrays(model, batch.values, batch.present, with_gates, with_reconstructions)
 
 
+def modality_errors(batch: ModalityBatch, k: int, computed: Sequence[str]) -> dict[str, str]:
+    """{modality: the encoder's reason} for row k's modalities of ``computed`` that are absent.
+
+    Relies on ``ModalityBatch.from_encoded``: a computed modality is absent exactly when its
+    encoder gave a reason, and row k's reasons are appended in the batch's modality order. A
+    row whose reasons do not line up with its absent modalities (a batch built otherwise) gets
+    {} here; its reasons stay in ``error`` when no modality is present."""
+    failed = [m for j, m in enumerate(batch.names) if m in computed and not batch.present[k, j]]
+    reasons = list(batch.errors[k]) if batch.errors else []
+    return dict(zip(failed, reasons)) if len(failed) == len(reasons) else {}
+
+
 def molecule_results(batch: ModalityBatch, fused: FusedBatch, smiles: Sequence[str],
-                     no_modality: str = "no modality could be computed") -> list[dict[str, Any]]:
+                     no_modality: str = "no modality could be computed",
+                     computed: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The one per-molecule result row, for row k of ``batch`` (model order) and ``fused``:
     ``mol_id``, ``smiles``, ``embedding`` [d] float32, ``attention`` {modality: weight},
     ``modalities`` (those used), ``error`` (None), plus ``gates`` / ``reconstructions`` when
     ``fused`` carries them. A molecule with no modality present gets ``error`` instead:
-    ``no_modality``, followed by the encoders' reasons when there are any."""
+    ``no_modality``, followed by the encoders' reasons when there are any.
+
+    ``computed``: the modalities whose encoders ran on the batch (None: not known, e.g. vectors
+    read from a store). Given, every row also gets ``modality_errors`` {modality: reason} for
+    each of them that the encoder refused (``modality_errors``), also when others are present."""
     names = batch.names
     results = []
     for k in range(len(batch)):
@@ -106,29 +125,31 @@ def molecule_results(batch: ModalityBatch, fused: FusedBatch, smiles: Sequence[s
         if not batch.present[k].any():
             reasons = "; ".join(batch.errors[k]) if batch.errors else ""
             item["error"] = f"{no_modality}: {reasons}" if reasons else no_modality
-            results.append(item)
-            continue
-        item |= {
-            "embedding": fused.fused[k],
-            "attention": {m: float(fused.attention[k, j]) for j, m in enumerate(names)},
-            "modalities": [m for j, m in enumerate(names) if batch.present[k, j]],
-            "error": None,
-        }
-        if fused.gates is not None:
-            item["gates"] = {m: fused.gates[j][k] for j, m in enumerate(names) if batch.present[k, j]}
-        if fused.reconstructions is not None:
-            item["reconstructions"] = {m: fused.reconstructions[j][k] for j, m in enumerate(names)}
+        else:
+            item |= {
+                "embedding": fused.fused[k],
+                "attention": {m: float(fused.attention[k, j]) for j, m in enumerate(names)},
+                "modalities": [m for j, m in enumerate(names) if batch.present[k, j]],
+                "error": None,
+            }
+            if fused.gates is not None:
+                item["gates"] = {m: fused.gates[j][k] for j, m in enumerate(names) if batch.present[k, j]}
+            if fused.reconstructions is not None:
+                item["reconstructions"] = {m: fused.reconstructions[j][k] for j, m in enumerate(names)}
+        if computed is not None:
+            item["modality_errors"] = modality_errors(batch, k, computed)
         results.append(item)
     return results
 
 
-def input_results(encoded: EncodedInputs, fused: FusedBatch) -> list[dict[str, Any]]:
-    """One result per input SMILES, in order: ``molecule_results`` plus ``input`` for the
-    molecules, ``{"input", "error"}`` for an input that did not parse."""
+def input_results(encoded: EncodedInputs, fused: FusedBatch,
+                  computed: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One result per input SMILES, in order: ``molecule_results`` (``computed`` passed on)
+    plus ``input`` for the molecules, ``{"input", "error"}`` for an input that did not parse."""
     results: list[dict[str, Any]] = [{} for _ in encoded.inputs]
     for i, exc in encoded.parse_errors.items():
         results[i] = {"input": encoded.inputs[i], "error": str(exc)}
-    rows = molecule_results(encoded.batch, fused, [m.smiles for m in encoded.molecules])
+    rows = molecule_results(encoded.batch, fused, [m.smiles for m in encoded.molecules], computed=computed)
     for i, row in zip(encoded.rows, rows):
         results[i] = {"input": encoded.inputs[i], **row}
     return results
@@ -164,4 +185,4 @@ class FusionEmbedder:
         never fails the others."""
         use = choose_modalities(self.modalities, modalities, drop)
         encoded = encode_smiles(smiles, self.encoders, use)
-        return input_results(encoded, fuse(self.model, encoded.batch, with_gates, with_reconstructions))
+        return input_results(encoded, fuse(self.model, encoded.batch, with_gates, with_reconstructions), use)

@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmf_ray import __version__
-from dmf_ray.files import exists, join, list_files, pafs, read_json, resolve, write_json, write_parquet
+from dmf_ray.files import (exists, join, list_files, pafs, read_json, read_parquet_files, resolve, write_json,
+                           write_parquet)
 from dmf_ray.modalities import ModalityBatch, columns_from_arrow, embedding_matrix
 from dmf_ray.store_commits import CommitLog, LeaseLostError, split_name
 
@@ -268,14 +269,7 @@ class EmbeddingStore:
 
     # ---- reads ---------------------------------------------------------------------------
     def _read(self, files: list[str], columns: list[str], schema: pa.Schema) -> pa.Table:
-        # File by file with pq.ParquetFile rather than pq.read_table: read_table goes through
-        # pyarrow.dataset, whose import pulls pandas (~0.25 s of `dmf store info`'s ~0.6 s).
-        want = pa.schema([schema.field(c) for c in columns])
-        tables = []
-        for path in files:
-            with pq.ParquetFile(path, filesystem=self.fs) as parquet:
-                tables.append(parquet.read(columns=columns).cast(want))
-        return pa.concat_tables(tables) if tables else want.empty_table()
+        return read_parquet_files(self.fs, files, columns, schema)
 
     def molecules_table(self, columns: list[str] | None = None) -> pa.Table:
         """One row per valid input row (a molecule read twice appears twice)."""

@@ -10,6 +10,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Ray Data 2.60 starts 32 FooterReader actors (each a worker process) for every Parquet read
+# (ray/data/_internal/datasource_v2/formats/parquet/footer_file_indexer.py): on the 2-CPU test
+# clusters a Ray Data join over a tiny store paid for ~100 process starts (`dmf embed --store`
+# of 10 molecules through it: 81-91 s at load 6-10, 65 s with 2 actors per read). Set before
+# any Ray starts, so the session's cluster, `ray start` heads and the commands tests run in
+# their own processes inherit it; the read path is the same, with fewer footer readers.
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
+
 
 def rdkit_sample_file() -> str:
     import rdkit

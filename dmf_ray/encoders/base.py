@@ -4,7 +4,9 @@ An encoder turns a batch of molecules into a batch of fixed-length vectors: one 
 Every encoder declares what the store and the pipelines need to know about it (``EncoderSpec``):
 its name, dim, dtype, a version (bumped whenever its output changes), the args it was built
 with (so a store manifest or a model card can rebuild it exactly), the datasets its model was
-trained on (for leakage flags), and what an actor running it needs (GPUs, memory).
+trained on (for leakage flags), what kind of values it returns (``value_kind``: binary, count or
+continuous, which picks the fusion model's reconstruction likelihood) and what an actor running
+it needs (GPUs, memory).
 
 What an encoder receives and returns (the same in every workflow: featurize, embed, serve,
 evaluate):
@@ -39,6 +41,11 @@ from dmf_ray.molecules import Molecule
 
 ENTRY_POINT_GROUP = "dmf_ray.encoders"
 DTYPES = ("uint8", "float16", "float32")
+# What an encoder's values are; the fusion model reconstructs each kind with its own likelihood
+# (dmf_ray.model.likelihoods): binary = every value 0 or 1, count = non-negative integers,
+# continuous = anything else (the default, and right for neural embeddings and descriptors).
+VALUE_KINDS = ("binary", "count", "continuous")
+ValueKind = Literal["binary", "count", "continuous"]
 
 _REGISTRY: dict[str, type["Encoder"]] = {}
 _entry_points_loaded = False
@@ -78,6 +85,9 @@ class EncoderSpec(BaseModel):
                                "(declared to Ray's scheduler); None: Ray's default")
     trained_on: list[str] = Field(default_factory=list, description="datasets the encoder's model was trained on "
                                   "(for leakage flags); empty for rule-based encoders")
+    value_kind: ValueKind | None = Field(None, description="binary (0/1), count (non-negative integers) or "
+                                         "continuous; None: not recorded (a store written before the field), "
+                                         "see value_kind_of")
 
     def to_manifest(self) -> dict[str, Any]:
         """The JSON-ready dict written to store manifests and model cards."""
@@ -145,6 +155,10 @@ class Encoder:
     memory: ClassVar[int | None] = None
     # Datasets the model was trained on (TDC / MoleculeNet names), for leakage flags.
     trained_on: ClassVar[tuple[str, ...]] = ()
+    # What the values are (VALUE_KINDS): "binary" promises every value is 0 or 1, "count" that
+    # every value is a non-negative integer. Plugins that say nothing are "continuous", which is
+    # always safe (a squared error on standardised values).
+    value_kind: ClassVar[ValueKind] = "continuous"
     description: ClassVar[str] = ""
     # True for cheap CPU encoders that need only the RDKit molecule: featurize runs them in the
     # parse actors on the molecules just parsed, which saves serialising every molecule to the
@@ -233,6 +247,7 @@ class Encoder:
             encoder=self.name, class_=f"{type(self).__module__}:{type(self).__qualname__}", args=self.args,
             dim=self.dim, dtype=self.dtype, version=str(self.version), num_gpus=float(self.num_gpus),
             batch_size=self.default_batch_size, memory=self.memory, trained_on=list(self.trained_on),
+            value_kind=self.value_kind,
         )
 
     def spec(self) -> dict[str, Any]:
@@ -262,6 +277,8 @@ def register(alias: str):
             raise ValueError(f"encoder name {alias!r} is already registered by {_REGISTRY[alias]}")
         if cls.dtype not in DTYPES:
             raise ValueError(f"encoder {alias!r} has dtype {cls.dtype!r}; expected one of {DTYPES}")
+        if cls.value_kind not in VALUE_KINDS:
+            raise ValueError(f"encoder {alias!r} has value_kind {cls.value_kind!r}; expected one of {VALUE_KINDS}")
         cls.name = alias
         _REGISTRY[alias] = cls
         return cls
@@ -308,6 +325,23 @@ def encoder_from_option(option: str) -> tuple[str, Encoder]:
     name, sep, value = option.strip().partition("=")
     cls = encoder_class(name)
     return name, (cls.from_option(value) if sep else cls())
+
+
+def value_kind_of(spec: EncoderSpec | Mapping[str, Any]) -> ValueKind:
+    """The kind of values a recorded modality holds: the spec's ``value_kind`` when it has one;
+    for a spec recorded before the field existed (older stores), the kind the installed encoder
+    of that name declares when its version matches the recorded one (the kind is a property of
+    the encoder's output, fixed by its version); otherwise "continuous", which is always safe.
+
+    Raises ValueError when the spec itself is invalid."""
+    parsed = EncoderSpec.parse(spec)
+    if parsed.value_kind is not None:
+        return parsed.value_kind
+    try:
+        cls = encoder_class(parsed.encoder)
+    except UnknownEncoderError:
+        return "continuous"
+    return cls.value_kind if str(cls.version) == parsed.version else "continuous"
 
 
 def encoder_from_spec(spec: EncoderSpec | Mapping[str, Any]) -> Encoder:

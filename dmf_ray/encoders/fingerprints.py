@@ -13,6 +13,7 @@ class _CountFingerprint(Encoder):
     # Counts clipped to 255 and stored as uint8: a count fingerprint loses nothing useful
     # above that, and it keeps the store near 70 bytes per molecule after compression.
     dtype = "uint8"
+    value_kind = "count"  # reconstructed with a Poisson likelihood (dmf_ray.model.likelihoods)
     default_batch_size = 2048
     inline = True
     max_heavy_atoms = 5_000  # ECFP: 0.09-0.5 s at 5,000 heavy atoms (README, cost curve)
@@ -72,6 +73,7 @@ class TopologicalTorsion(_CountFingerprint):
 class MACCS(Encoder):
     description = "166 MACCS structural keys (RDKit's 167-bit vector, bit 0 unused)"
     dtype = "uint8"
+    value_kind = "binary"  # reconstructed with a Bernoulli likelihood (dmf_ray.model.likelihoods)
     default_batch_size = 1024
     inline = True
     max_heavy_atoms = 5_000  # 0.06-1.3 s at 5,000 heavy atoms

@@ -8,21 +8,23 @@ Three bool [B, M] masks appear throughout:
   visible   present & ~masked: what the model is allowed to look at
 At inference nothing is masked, so visible == present.
 
-The losses are in ``losses``, the masking schedule in ``masking``, the normalisation statistics
-in ``normalization`` and the reconstruction cosine in ``metrics``.
+The losses are in ``losses`` (the reconstruction likelihood of each value kind in
+``likelihoods``), the masking schedule in ``masking``, the normalisation statistics in
+``normalization`` and the reconstruction cosine in ``metrics``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from dmf_ray.model.likelihoods import ValueKind, baseline, mean_output, to_raw
 from dmf_ray.model.validation import ConfigError, ConfigModel, describe, is_int
 
 _StrictInt = Annotated[int, Field(strict=True)]
@@ -34,7 +36,10 @@ class FusionSettings(ConfigModel):
 
     The paper gives no loss weights; the defaults keep reconstruction (the self-supervised signal
     that makes the fused vector informative about missing modalities) dominant and the
-    regularisers an order of magnitude smaller.
+    regularisers an order of magnitude smaller. ``reconstruction="auto"`` (the default) reconstructs
+    each modality with the likelihood of its value kind (``likelihoods``): on 8,651 ZINC molecules
+    it raised the hidden-modality cosine of ECFP from 0.24 to 0.29 and of MACCS from 0.75 to 0.79,
+    downstream ROC-AUC unchanged within pretraining noise (README, quality section).
     """
 
     latent_dim: int = Field(512, gt=0, strict=True, description="fused vector (shared latent) dim")
@@ -54,6 +59,10 @@ class FusionSettings(ConfigModel):
                                   description="lambda_e, weight of the attention entropy loss (Eq. 5, inverted)")
     sparsity_weight: float = Field(0.01, ge=0.0, strict=True, allow_inf_nan=False,
                                    description="lambda_s, weight of the gate sparsity loss (Eq. 6)")
+    reconstruction: Literal["auto", "mse"] = Field(
+        "auto", description="reconstruction loss (Eq. 2): auto = by each modality's value kind (Bernoulli for "
+                            "bits, Poisson for counts, squared error for the rest); mse = squared error on "
+                            "standardised values for all (models saved before this setting existed)")
 
 
 class FusionConfig(FusionSettings):
@@ -63,6 +72,9 @@ class FusionConfig(FusionSettings):
 
     modalities: list[str] = Field(description="modality names; fixes the order of inputs")
     dims: list[_StrictInt] = Field(description="raw embedding dim of each modality")
+    value_kinds: list[ValueKind] | None = Field(
+        None, description="value kind of each modality (binary, count, continuous; the encoders declare it); "
+                          "None: all continuous")
 
     @classmethod
     def cross_problems(cls, data: Mapping[str, Any]) -> list[str]:
@@ -85,16 +97,31 @@ class FusionConfig(FusionSettings):
                 problems.append(f"dims must be a non-empty list of positive ints, got bad values {bad!r}")
             if isinstance(mods, list) and len(mods) != len(dims):
                 problems.append(f"dims has {len(dims)} entries but modalities has {len(mods)}: {mods!r}")
+        kinds = data.get("value_kinds")
+        if isinstance(kinds, (list, tuple)) and isinstance(mods, list) and len(kinds) != len(mods):
+            problems.append(f"value_kinds has {len(kinds)} entries but modalities has {len(mods)}: {mods!r}")
         return problems
 
     @classmethod
-    def build(cls, modalities: Sequence[str], dims: Sequence[int], settings: FusionSettings) -> FusionConfig:
-        """The config of a model over these modalities with these hyperparameters."""
-        return cls(modalities=list(modalities), dims=list(dims), **settings.model_dump())
+    def build(cls, modalities: Sequence[str], dims: Sequence[int], settings: FusionSettings,
+              value_kinds: Sequence[str] | None = None) -> FusionConfig:
+        """The config of a model over these modalities with these hyperparameters; ``value_kinds``
+        (one of VALUE_KINDS per modality, e.g. from ``encoders.base.value_kind_of``) or None for
+        all continuous."""
+        kinds = None if value_kinds is None else list(value_kinds)
+        return cls(modalities=list(modalities), dims=list(dims), value_kinds=kinds, **settings.model_dump())
 
     def settings(self) -> FusionSettings:
         """The hyperparameters alone (what TrainConfig.model holds)."""
-        return FusionSettings(**self.model_dump(exclude={"modalities", "dims"}))
+        return FusionSettings(**self.model_dump(exclude={"modalities", "dims", "value_kinds"}))
+
+    @property
+    def reconstruction_kinds(self) -> list[str]:
+        """The likelihood each modality is reconstructed with (a VALUE_KINDS entry): its value
+        kind under ``reconstruction="auto"``, "continuous" (squared error) under "mse"."""
+        if self.reconstruction == "mse" or self.value_kinds is None:
+            return ["continuous"] * len(self.modalities)
+        return list(self.value_kinds)
 
     def to_dict(self) -> dict:
         return self.model_dump()
@@ -108,7 +135,10 @@ class FusionConfig(FusionSettings):
         problems += [f"missing required field {k!r}" for k in ("modalities", "dims") if k not in data]
         if problems:
             raise ConfigError(cls.__name__, problems)
-        return cls(**dict(data))
+        data = dict(data)
+        # A config.json written before the setting existed is a model trained with the squared error.
+        data.setdefault("reconstruction", "mse")
+        return cls(**data)
 
     @property
     def num_modalities(self) -> int:
@@ -129,10 +159,18 @@ class FusionOutput:
     attention: Tensor  # [B, M]; sums to 1 over visible modalities, exactly 0 elsewhere
     latents: Tensor  # [B, M, d]; z_m
     gates: list[Tensor]  # M x [B, d_m]; g_m in (0, 1)
-    reconstructions: list[Tensor] | None  # M x [B, d_m]; D_m(f) in normalised input space; None if not asked
+    # M x [B, d_m]; D_m(f): z-scored values, logits or log-rates (config.reconstruction_kinds,
+    # see likelihoods); DynamicFusion.reconstruction_values maps them to raw units. None if not asked.
+    reconstructions: list[Tensor] | None
     normalized_inputs: list[Tensor]  # M x [B, d_m]; (x_m - mean_m) / std_m, 0 where absent
     present: Tensor  # [B, M] bool
     visible: Tensor  # [B, M] bool
+    # M x [B, d_m]: what reconstructions are scored against: normalized_inputs for continuous,
+    # the raw values for binary and count (0 where absent). None: normalized_inputs for all.
+    targets: list[Tensor] | None = None
+    # [M] float: each modality's reconstruction loss divisor (likelihoods.baseline; 1 for
+    # continuous). None: 1 for all.
+    reconstruction_scales: Tensor | None = None
 
     @property
     def has_input(self) -> Tensor:
@@ -199,7 +237,9 @@ class DynamicFusion(nn.Module):
         """Set {modality: (mean, std)} (array-likes of shape [d_m]); std is floored at std_floor.
 
         Modalities not named keep their current statistics. All-or-nothing: every problem is
-        reported in one ValueError and nothing is changed.
+        reported in one ValueError and nothing is changed. The output bias of the decoder of a
+        binary or count modality (under ``reconstruction="auto"``) is set to predict the mean
+        (``likelihoods.mean_output``): call it before training, not on a trained model.
         """
         cfg = self.config
         problems: list[str] = []
@@ -236,6 +276,7 @@ class DynamicFusion(nn.Module):
                 norm = self.normalizers[m]
                 norm.mean.copy_(torch.from_numpy(mean))
                 norm.std.copy_(torch.from_numpy(std))
+            self._start_decoders_at_mean([m for m, _, _ in staged])
 
     def get_normalization(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {
@@ -244,8 +285,34 @@ class DynamicFusion(nn.Module):
         }
 
     def denormalize(self, normalized: Sequence[Tensor]) -> list[Tensor]:
-        """Map per-modality tensors (e.g. reconstructions) from normalised back to raw space."""
+        """Map per-modality tensors (e.g. normalized_inputs) from normalised back to raw space."""
         return [norm.inverse(x) for norm, x in zip(self.normalizers, normalized)]
+
+    def reconstruction_values(self, reconstructions: Sequence[Tensor]) -> list[Tensor]:
+        """Decoder outputs (FusionOutput.reconstructions) in each modality's own units, the
+        expected value of what the decoder predicts: the un-standardised value (continuous), the
+        probability of a 1 (binary) or the expected count (count); see ``likelihoods.to_raw``."""
+        return [to_raw(kind, r, norm.mean, norm.std.clamp_min(norm.floor))
+                for kind, norm, r in zip(self.config.reconstruction_kinds, self.normalizers, reconstructions)]
+
+    def reconstruction_scales(self) -> Tensor:
+        """[M] float32: each modality's reconstruction-loss divisor (``likelihoods.baseline`` of
+        its mean: 1 for continuous). Cached until the statistics change."""
+        key = tuple(norm.mean._version for norm in self.normalizers) + (self.modality_bias.device,)
+        if getattr(self, "_scales_key", None) != key:
+            values = [baseline(kind, norm.mean) for kind, norm in zip(self.config.reconstruction_kinds,
+                                                                      self.normalizers)]
+            self._scales = torch.tensor(values, dtype=torch.float32, device=self.modality_bias.device)
+            self._scales_key = key
+        return self._scales
+
+    def _start_decoders_at_mean(self, modalities: Sequence[int]) -> None:
+        # A z-scored decoder starting near 0 predicts the mean; a logit or log-rate decoder
+        # starting near 0 predicts p = 0.5 or one count per feature, far from sparse data.
+        for m in modalities:
+            start = mean_output(self.config.reconstruction_kinds[m], self.normalizers[m].mean)
+            if start is not None:
+                self.decoders[m][-1].bias.copy_(start.to(self.decoders[m][-1].bias.dtype))
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -299,7 +366,8 @@ class DynamicFusion(nn.Module):
         visible = present if masked is None else present & ~masked.to(ref.device)
         B = present.shape[0]
 
-        normalized, gates, latents = [], [], []
+        kinds = self.config.reconstruction_kinds
+        normalized, targets, gates, latents = [], [], [], []
         for m, x in enumerate(inputs):
             pres = present[:, m : m + 1]
             vis = visible[:, m : m + 1]
@@ -313,6 +381,7 @@ class DynamicFusion(nn.Module):
             g = torch.sigmoid(self.gates[m](x_in))
             z = self.projections[m](g * x_in)
             normalized.append(xn)
+            targets.append(xn if kinds[m] == "continuous" else x)
             gates.append(torch.where(vis, g, 0.0))
             latents.append(torch.where(vis, z, 0.0))
         Z = torch.stack(latents, 1)
@@ -335,6 +404,8 @@ class DynamicFusion(nn.Module):
             normalized_inputs=normalized,
             present=present,
             visible=visible,
+            targets=targets,
+            reconstruction_scales=self.reconstruction_scales() if reconstruct else None,
         )
 
     @torch.no_grad()

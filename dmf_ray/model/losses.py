@@ -2,7 +2,8 @@
 Pure torch; every term in float32 even under autocast.
 
     Eq. 1  total = rec + lambda_a * align + lambda_d * div + lambda_e * ent + lambda_s * sparse
-    Eq. 2  rec     reconstruction of the masked modalities from the fused vector
+    Eq. 2  rec     reconstruction of the masked modalities from the fused vector, with the
+                   likelihood of each modality's value kind (``likelihoods``)
     Eq. 3  align   fused vector aligned with each visible modality's latent
     Eq. 4  div     gate diversity between modalities (squared linear CKA form)
     Eq. 5  ent     attention entropy (inverted: collapsed attention is penalised)
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dmf_ray.model.fusion import FusionConfig, FusionOutput
+from dmf_ray.model.likelihoods import element_loss
 
 # Clamp for logs and denominators. Small enough to never bias a real value, large enough that
 # float32 never underflows when it is squared or multiplied.
@@ -83,6 +85,27 @@ def _inverted_entropy(alpha: Tensor, visible: Tensor) -> Tensor:
     return _masked_mean(1.0 - norm_entropy, n_visible >= 2)
 
 
+def _reconstruction_errors(config: FusionConfig, out: FusionOutput) -> Tensor:
+    """[B, M] float32: each modality's mean per-element reconstruction loss (Eq. 2, see
+    fusion_losses), in float32 even under autocast."""
+    kinds = config.reconstruction_kinds
+    if all(kind == "continuous" for kind in kinds):
+        # The squared error on normalised values, exactly as before value kinds existed.
+        return torch.stack(
+            [(r.float() - x.float()).square().mean(-1)
+             for r, x in zip(out.reconstructions, out.normalized_inputs)],
+            1,
+        )
+    if out.targets is None or out.reconstruction_scales is None:
+        raise ValueError("binary and count modalities need FusionOutput.targets and reconstruction_scales "
+                         "(DynamicFusion.forward sets them)")
+    errors = []
+    for m, (kind, r, t) in enumerate(zip(kinds, out.reconstructions, out.targets)):
+        err = element_loss(kind, r, t).mean(-1)
+        errors.append(err if kind == "continuous" else err / out.reconstruction_scales[m].float())
+    return torch.stack(errors, 1)
+
+
 def fusion_losses(
     config: FusionConfig,
     out: FusionOutput,
@@ -95,9 +118,13 @@ def fusion_losses(
     are then checked against `out`, which catches a forward that was given `present & ~masked` as
     its `present` (reconstruction targets would silently be zero).
 
-    rec      (Eq. 2) mean over masked (sample, modality) pairs of the per-element squared error of D_m(f)
-             against the normalised x_m (divided by d_m so modalities of any dim weigh equally);
-             0 when nothing is masked.
+    rec      (Eq. 2) mean over masked (sample, modality) pairs of the per-element loss of D_m(f)
+             (a mean over d_m, so modalities of any dim weigh equally). With
+             config.reconstruction "mse", or for a continuous modality: the squared error against
+             the normalised x_m. Under "auto", binary and count modalities use the Bernoulli and
+             Poisson losses of ``likelihoods.element_loss`` against the raw x_m, divided by
+             ``out.reconstruction_scales`` (the loss of predicting the mean, so each modality
+             weighs about as a z-scored one does). 0 when nothing is masked.
     align    (Eq. 3) mean over visible pairs of softplus(-cos(f, z_m)).
     div      (Eq. 4) mean over modality pairs of squared linear CKA between their gate patterns, over the
              samples where both are visible (pairs with < 2 such samples are skipped).
@@ -107,7 +134,8 @@ def fusion_losses(
     sparse   (Eq. 6) mean over visible pairs of ||g_m||_1 / d_m.
 
     Raises ValueError when `present`/`masked` disagree with what forward() saw, or when `out`
-    has no reconstructions (forward(..., reconstruct=False)).
+    has no reconstructions (forward(..., reconstruct=False)), or lacks the raw targets that a
+    binary or count modality needs.
     """
     if present is not None and not torch.equal(present.to(out.present.device), out.present):
         raise ValueError("present differs from the mask forward() was given: call "
@@ -122,13 +150,7 @@ def fusion_losses(
     present, visible = out.present, out.visible
     hidden = present & ~visible
 
-    # Losses in float32 even under autocast: the CKA and entropy terms lose precision in bf16.
-    err = torch.stack(
-        [(r.float() - x.float()).square().mean(-1)
-         for r, x in zip(out.reconstructions, out.normalized_inputs)],
-        1,
-    )
-    rec = _masked_mean(err, hidden)
+    rec = _masked_mean(_reconstruction_errors(config, out), hidden)
 
     fused = out.fused.float()
     cos = _cosine(fused.unsqueeze(1), out.latents.float())

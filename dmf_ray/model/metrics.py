@@ -5,11 +5,15 @@ Used by the training validation (``val/cos/<m>`` in metrics.jsonl), by the serve
 ``/v1/reconstruct`` and by ``dmf evaluate``'s Figure 3, so for the same model and the same
 molecules the three report the same number (tests/unit/test_model_metrics.py shows it).
 
-Two spaces:
+Two spaces, whatever the reconstruction loss of the modality (``likelihoods``): the decoder's
+output is first read in the modality's own units, as its expected value (a logit as the
+probability sigmoid(logit), a log-rate as the expected count exp(log-rate); a z-scored output
+un-standardised), so a model trained with the squared error and one trained with a Bernoulli or
+Poisson likelihood are scored by the same yardstick:
 
-normalised  each feature standardised with the statistics stored in the model (the space the
-            reconstruction loss is minimised in): predicting the training mean scores 0. The
-            primary figure. Features whose std sits at the model's floor
+normalised  each feature standardised with the statistics stored in the model (for the squared
+            error, the space its loss is minimised in): predicting the training mean scores 0.
+            The primary figure. Features whose std sits at the model's floor
             (``FusionConfig.std_floor``: constant in the data the statistics came from, in
             models not trained by ``dmf train``) are left out: dividing by the floor turns any
             deviation into ~1e6 and one such feature would decide the cosine.
@@ -28,6 +32,7 @@ import torch
 from torch import Tensor
 
 from dmf_ray.model.fusion import DynamicFusion
+from dmf_ray.model.likelihoods import to_raw
 
 # A std this close to the floor is the floor (set_normalization stores max(std, floor)).
 _AT_FLOOR = 1.0001
@@ -64,8 +69,9 @@ def reconstruction_cosine(model: DynamicFusion, modality: str | int, reconstruct
     modality: name or index in ``model.config.modalities``.
     reconstruction, target: [N, d_m] tensors or arrays (any float dtype): in raw input space, as
     ``inference.fuse_arrays(..., with_reconstructions=True)`` returns them, or with
-    ``normalized=True`` in normalised space, as ``FusionOutput.reconstructions`` and
-    ``FusionOutput.normalized_inputs`` hold them.
+    ``normalized=True`` as ``FusionOutput`` holds them: the decoder's output
+    (``FusionOutput.reconstructions``: z-scored, logits or log-rates by
+    ``config.reconstruction_kinds``) and the normalised target (``FusionOutput.normalized_inputs``).
     Raises ValueError for an unknown modality or shapes other than [N, d_m].
     """
     names = model.config.modalities
@@ -84,9 +90,13 @@ def reconstruction_cosine(model: DynamicFusion, modality: str | int, reconstruct
     norm = model.normalizers[j]
     mean = norm.mean.detach().to(rec.device, torch.float64)
     std = norm.std.detach().to(rec.device, torch.float64).clamp_min(norm.floor)
-    if normalized:
+    kind = model.config.reconstruction_kinds[j]
+    if normalized and kind == "continuous":
         rec_n, tgt_n = rec.double(), tgt.double()
         rec_raw, tgt_raw = rec_n * std + mean, tgt_n * std + mean
+    elif normalized:
+        rec_raw, tgt_raw = to_raw(kind, rec.double(), mean, std), tgt.double() * std + mean
+        rec_n, tgt_n = (rec_raw - mean) / std, (tgt_raw - mean) / std
     else:
         rec_raw, tgt_raw = rec.double(), tgt.double()
         rec_n, tgt_n = (rec_raw - mean) / std, (tgt_raw - mean) / std

@@ -5,30 +5,35 @@ Two sources:
   SMILES into fused vectors exactly as the online service does;
 - a store: the stored modality vectors are fused directly (no featurisation); the store's
   encoders must be the ones the model was trained with. A store whose vectors fit in memory
-  (``IN_MEMORY_JOIN_MAX_BYTES``) is joined and fused in the driver; a larger one through Ray
-  Data joins and an actor pool.
+  (``IN_MEMORY_JOIN_MAX_BYTES``) is joined, fused and written in the driver (no Ray job); a
+  larger one through Ray Data joins and an actor pool.
 
 Output: a Parquet dataset (a folder) with one row per input row, aligned with a status:
 ``mol_id``, ``smiles``, ``embedding`` (fixed_size_list<float32>, null on failure),
 ``attn_<modality>`` per model modality (0 where absent), ``present`` (modality names used),
-``error`` (null or the reason), plus ``source``/``row`` to trace the row back. Rerunning
-overwrites the output.
+``error`` (null or the reason), plus ``source``/``row`` to trace the row back. Each Parquet
+file (``part-<random>.parquet``) is written whole by the task that fused its rows, which tells
+the driver its row count (the progress reports). Rerunning overwrites the output.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
-from dmf_ray.files import resolve
+from dmf_ray.files import join, resolve, write_parquet
 from dmf_ray.artifact import read_model_config
 from dmf_ray.inference import FusionEmbedder, choose_modalities, fuse, molecule_results
 from dmf_ray.inputs import discover_inputs, read_rows_stage
 from dmf_ray.modalities import ModalityBatch
+from dmf_ray.progress import ProgressCallback, Reporter, RowCount
 
 
 @dataclass
@@ -130,33 +135,36 @@ class FuseStoredStage:
         return _rows_to_table(results, self.names, self.model.config.latent_dim, source, row)
 
 
-def _fuse_small_store(store, model_dir: str, drop: list[str] | None, batch_size: int) -> list[pa.Table]:
-    """The whole output of a store that fits in memory, fused here: its modalities joined by
-    read_numpy instead of two Ray Data hash joins (~20 s of fixed cost even for 5k molecules)."""
+def _fuse_small_store(store, model_dir: str, drop: list[str] | None, batch_size: int) -> tuple[int, Iterator[pa.Table]]:
+    """The output rows of a store that fits in memory (their count, and the rows a part at a
+    time), fused here: its modalities joined by read_numpy instead of two Ray Data hash joins
+    (~20 s of fixed cost even for 5k molecules)."""
     import pyarrow.compute as pc
 
     stage = FuseStoredStage(model_dir, drop)
     stored = store.read_numpy(stage.use)
     molecules = store.molecules_table(["mol_id", "smiles", "source", "row"])
+    failures = store.failures_table()
     where = pc.index_in(molecules.column("mol_id"), value_set=pa.array(stored.mol_ids, pa.string()))
     where = where.to_numpy(zero_copy_only=False)  # NaN: a molecule with none of the modalities
     columns = {c: molecules.column(c).to_numpy(zero_copy_only=False) for c in molecules.column_names}
-    tables = []
-    for start in range(0, molecules.num_rows, batch_size * 8):
-        part = slice(start, start + batch_size * 8)
-        index = where[part]
-        has = ~np.isnan(index)
-        rows = index[has].astype(np.int64)
-        paired = ModalityBatch.empty(columns["mol_id"][part], stage.names, stage.model.config.dims)
-        for j, name in enumerate(stage.names):
-            if name in stored.names:
-                paired.values[name][has] = stored.values[name][rows]
-                paired.present[has, j] = stored.present[rows, stored.names.index(name)]
-        tables.append(stage.fuse(paired, columns["smiles"][part], columns["source"][part], columns["row"][part]))
-    failures = store.failures_table()
-    if failures.num_rows:
-        tables.append(_failures_as_rows(failures, stage.names, stage.model.config.latent_dim))
-    return tables or [output_schema(stage.names, stage.model.config.latent_dim).empty_table()]
+
+    def parts() -> Iterator[pa.Table]:
+        for start in range(0, molecules.num_rows, batch_size * 8):
+            part = slice(start, start + batch_size * 8)
+            index = where[part]
+            has = ~np.isnan(index)
+            rows = index[has].astype(np.int64)
+            paired = ModalityBatch.empty(columns["mol_id"][part], stage.names, stage.model.config.dims)
+            for j, name in enumerate(stage.names):
+                if name in stored.names:
+                    paired.values[name][has] = stored.values[name][rows]
+                    paired.present[has, j] = stored.present[rows, stored.names.index(name)]
+            yield stage.fuse(paired, columns["smiles"][part], columns["source"][part], columns["row"][part])
+        if failures.num_rows:
+            yield _failures_as_rows(failures, stage.names, stage.model.config.latent_dim)
+
+    return molecules.num_rows + failures.num_rows, parts()
 
 
 def _failures_as_rows(batch: pa.Table, modalities: list[str], latent_dim: int) -> pa.Table:
@@ -179,9 +187,11 @@ def _check_store_matches_model(store, card: dict[str, Any], needed: list[str]) -
 
 def _build_pipeline(
     model_dir: str, card: dict, inputs: list[str] | None, store_uri: str | None, smiles_column: str | None,
-    id_column: str | None, drop_modalities: list[str] | None, batch_size: int,
-) -> Any:
-    """The rows to write: one per input row, a vector or the reason there is none."""
+    id_column: str | None, drop_modalities: list[str] | None, batch_size: int, count_rows: bool,
+) -> tuple[Any, Callable[[], int | None], Callable[[], None]]:
+    """The rows to write, one per input row (a vector or the reason there is none): a Ray
+    Dataset, or an iterator of tables fused here for a store that fits in memory; with the count
+    of rows (a callable: None while unknown) and what to call once written."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -190,35 +200,75 @@ def _build_pipeline(
     modalities = list(card["fusion"]["modalities"])
     latent_dim = int(card["fusion"]["latent_dim"])
     use = choose_modalities(modalities, None, drop_modalities)
-    cpus, _ = cluster_resources()
-    pool = ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus)))
 
     if inputs is not None:
         files = discover_inputs(list(inputs), smiles_column, id_column)
+        counted = RowCount(files, batch_size * 8) if count_rows else None
+        cpus, _ = cluster_resources()
         ds = ray.data.from_items([{"file": f.__dict__} for f in files])
         ds = ds.map_batches(read_rows_stage, batch_size=1, batch_format="numpy", num_cpus=0.05, fn_kwargs={"chunk_rows": batch_size * 8})
-        return ds.map_batches(
-            EmbedSmilesStage, batch_size=batch_size, batch_format="pyarrow", compute=pool,
+        ds = ds.map_batches(
+            EmbedSmilesStage, batch_size=batch_size, batch_format="pyarrow",
+            compute=ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus))),
             num_cpus=actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
         )
-    from dmf_ray.store import IN_MEMORY_JOIN_MAX_BYTES, EmbeddingStore
+        return ds, lambda: counted and counted.total, counted.stop if counted else lambda: None
+    from dmf_ray.store import IN_MEMORY_JOIN_MAX_BYTES, INPUTS_TABLE, EmbeddingStore
 
     store = EmbeddingStore.open(store_uri)
     _check_store_matches_model(store, card, use)
     if store.dense_bytes(use) <= IN_MEMORY_JOIN_MAX_BYTES:
-        return ray.data.from_arrow(_fuse_small_store(store, model_dir, drop_modalities, batch_size))
+        total, tables = _fuse_small_store(store, model_dir, drop_modalities, batch_size)
+        return tables, lambda: total, lambda: None
+    total = sum(int(r["inputs"]) for r in store.committed(INPUTS_TABLE).values())  # = molecules + failures
+    cpus, _ = cluster_resources()
     paired = store.read_dataset(use)
     molecules = ray.data.read_parquet(store.committed_files("molecules"), filesystem=store.fs).select_columns(["mol_id", "smiles", "source", "row"])
     joined = molecules.join(paired, join_type="left_outer", num_partitions=max(1, int(cpus)), on=("mol_id",))
     ds = joined.map_batches(
-        FuseStoredStage, batch_size=batch_size, batch_format="numpy", compute=pool,
+        FuseStoredStage, batch_size=batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus))),
         num_cpus=actor_cpus(cpus, 1), fn_constructor_kwargs={"model_dir": model_dir, "drop": drop_modalities},
     )
     failure_files = store.committed_files("failures")
     if failure_files:
         failures = ray.data.read_parquet(failure_files, filesystem=store.fs)
         ds = ds.union(failures.map_batches(_failures_as_rows, batch_format="pyarrow", fn_kwargs={"modalities": modalities, "latent_dim": latent_dim}))
-    return ds
+    return ds, lambda: total, lambda: None
+
+
+def write_part(table: pa.Table, out: str, empty_ok: bool = False) -> pa.Table:
+    """Write one Parquet file of output rows into the folder ``out`` (atomic; named at random,
+    as Ray's own writer names its files); returns its (rows, failed) as a one-row table."""
+    if table.num_rows or empty_ok:
+        fs, path = resolve(out)
+        write_parquet(fs, join(path, f"part-{uuid.uuid4().hex}.parquet"), table, dictionary=["source"])
+    return pa.table({"rows": [table.num_rows], "failed": [table.num_rows - table.column("error").null_count]})
+
+
+def _empty_output(out: str) -> None:
+    """Remove what ``out`` holds (a rerun overwrites, as Ray's ``SaveMode.OVERWRITE`` does)."""
+    fs, path = resolve(out)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir_contents(path)
+    elif kind != pafs.FileType.NotFound:
+        fs.delete_file(path)
+    fs.create_dir(path, recursive=True)
+
+
+def _written_parts(source: Any, out: str) -> Iterator[pa.Table]:
+    """Write ``source`` (tables fused here, or a Ray Dataset: written by Ray tasks) into ``out``;
+    yields the (rows, failed) table of each file as it is written."""
+    if isinstance(source, Iterator):
+        yield from (write_part(table, out) for table in source)
+        return
+    from dmf_ray.runtime import pipeline_actors_killed_on_failure
+
+    statuses = source.map_batches(write_part, batch_size=None, batch_format="pyarrow", num_cpus=0.05,
+                                  fn_kwargs={"out": out})
+    with pipeline_actors_killed_on_failure():
+        yield from statuses.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def embed(
@@ -231,30 +281,35 @@ def embed(
     drop_modalities: list[str] | None = None,
     batch_size: int = 512,
     log: Callable[[str], None] = print,
+    progress: ProgressCallback | None = None,
 ) -> EmbedResult:
-    """Embed input files or a whole store with a trained model; needs Ray running."""
-    from ray.data import SaveMode
+    """Embed input files or a whole store with a trained model; needs Ray running (except for
+    a store whose vectors fit in memory: fused and written here).
 
-    from dmf_ray.runtime import pipeline_actors_killed_on_failure
-
+    ``progress(done, total)`` (``dmf_ray.progress``; called from this thread only): ``done`` =
+    output rows written so far (one per input row: a fused vector or the reason there is none);
+    ``total`` = the input rows: of the files, counted in a background thread (None until
+    counted), or of the store, from its commits. The last call has done == total."""
     if (inputs is None) == (store_uri is None):
         raise ValueError("give input files or --store, not both")
     card = read_model_config(model_dir)
     started = time.time()
-    ds = _build_pipeline(model_dir, card, inputs, store_uri, smiles_column, id_column, drop_modalities, batch_size)
-    with pipeline_actors_killed_on_failure():
-        ds.write_parquet(out, mode=SaveMode.OVERWRITE)
-    rows, failed = _count_written(out)
+    report = Reporter(progress, log, "embed")
+    source, total, finished = _build_pipeline(model_dir, card, inputs, store_uri, smiles_column, id_column,
+                                              drop_modalities, batch_size, count_rows=report.wanted)
+    _empty_output(out)
+    rows = failed = 0
+    try:
+        for part in _written_parts(source, out):
+            rows += sum(part.column("rows").to_pylist())
+            failed += sum(part.column("failed").to_pylist())
+            report(rows, total())
+    finally:
+        finished()
+    if not rows:  # no input row at all: one empty file gives readers the schema
+        write_part(output_schema(list(card["fusion"]["modalities"]), int(card["fusion"]["latent_dim"])).empty_table(),
+                   out, empty_ok=True)
+    report(rows, rows)
     result = EmbedResult(out, rows, failed, time.time() - started)
     log(f"embedded {rows:,} rows ({failed:,} failed) into {out} in {result.seconds:.1f} s")
     return result
-
-
-def _count_written(out: str) -> tuple[int, int]:
-    """(rows, failed rows) of the written output from its error column alone: read here with
-    pyarrow, since a Ray Data job for it cost ~5 s even for 5,000 rows."""
-    import pyarrow.dataset as pads
-
-    fs, path = resolve(out)
-    errors = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["error"]).column("error")
-    return len(errors), len(errors) - errors.null_count

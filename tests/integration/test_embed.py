@@ -7,11 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from dmf_ray.artifact import save_fusion_model
-from dmf_ray.cli import main as dmf
+from dmf_ray.cli import console, main as dmf
 from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.inference import FusionEmbedder
 from dmf_ray.model.fusion import DynamicFusion, FusionConfig
 from dmf_ray.store import EmbeddingStore
+from progress_check import ProgressRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,14 @@ def library(ray_session, tmp_path_factory):
     return root, str(src), store, str(model_dir)
 
 
-def test_embed_files_with_a_dropped_modality(library):
+def recorded_bar(monkeypatch) -> ProgressRecorder:
+    """What the workflow reports to ``dmf``'s progress bar (shown only on a terminal)."""
+    progress = ProgressRecorder()
+    monkeypatch.setattr(console.Step, "update", lambda self, done, total=None: progress(done, total))
+    return progress
+
+
+def test_embed_files_with_a_dropped_modality(library, monkeypatch):
     root, src, _, model_dir = library
     out = root / "fused.parquet"
     assert dmf(["embed", "--model", model_dir, src, "--out", str(out), "--drop-modalities", "maccs"]) == 0
@@ -56,21 +64,17 @@ def test_embed_files_with_a_dropped_modality(library):
     expected = FusionEmbedder(model_dir).embed_smiles(list(good.smiles), drop=["maccs"])
     np.testing.assert_allclose(np.stack(good.embedding.to_list()), np.stack([e["embedding"] for e in expected]), atol=1e-5)
 
-    # A rerun overwrites instead of appending.
+    # A rerun overwrites instead of appending; its bar counts the rows written of the input rows.
+    progress = recorded_bar(monkeypatch)
     assert dmf(["embed", "--model", model_dir, src, "--out", str(out), "--drop-modalities", "maccs"]) == 0
     assert pq.read_table(out).num_rows == len(SMILES)
+    progress.check(len(SMILES))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("join", ["in memory", "ray data"])
-def test_embed_a_store_reuses_stored_vectors(library, join, monkeypatch):
-    root, src, store, model_dir = library
-    if join == "ray data":  # the path of stores too big to join in one process
-        monkeypatch.setattr("dmf_ray.store.IN_MEMORY_JOIN_MAX_BYTES", 0)
-    out = root / f"from_store_{join.replace(' ', '_')}.parquet"
-    assert dmf(["embed", "--model", model_dir, "--store", store, "--out", str(out), "--drop-modalities", "rdkit2d"]) == 0
-    table = pq.read_table(out).to_pandas()
-    assert sorted(table.row) == list(range(1, len(SMILES) + 1))  # every input row, failures included
+def check_stored_rows_reused(table, model_dir: str, rows: int) -> None:
+    """``table``: embed's output for a store featurized from ``library``'s file (``rows`` of it,
+    with rdkit2d dropped): every row of it, failures included, fused from the stored vectors."""
+    assert sorted(table.row) == list(range(1, rows + 1))  # every input row, failures included
     bad = table[table.error.notna()]
     assert sorted(bad.row) == [4, 8] and bad.error.str.contains("is invalid").all()
     good = table[table.error.isna()]
@@ -79,6 +83,17 @@ def test_embed_a_store_reuses_stored_vectors(library, join, monkeypatch):
     for _, row in good.iterrows():
         np.testing.assert_allclose(row.embedding, expected[row.mol_id]["embedding"], atol=1e-5)
         assert row.attn_maccs == pytest.approx(expected[row.mol_id]["attention"]["maccs"], abs=1e-5)
+
+
+def test_embed_a_store_reuses_stored_vectors(library, monkeypatch):
+    # In memory (the store is small); the Ray Data join path is checked on the partially paired
+    # store below, which holds these rows too (one Ray Data run instead of two).
+    root, src, store, model_dir = library
+    out = root / "from_store.parquet"
+    progress = recorded_bar(monkeypatch)
+    assert dmf(["embed", "--model", model_dir, "--store", store, "--out", str(out), "--drop-modalities", "rdkit2d"]) == 0
+    progress.check(len(SMILES))  # rows written of the store's input rows
+    check_stored_rows_reused(pq.read_table(out).to_pandas(), model_dir, len(SMILES))
 
 
 def test_embed_errors_are_one_line(library, capsys):
@@ -100,8 +115,11 @@ def test_embed_a_partially_paired_store_fuses_only_what_is_stored(library, join,
     if join == "ray data":
         monkeypatch.setattr("dmf_ray.store.IN_MEMORY_JOIN_MAX_BYTES", 0)
     out = root / f"partial_{join.replace(' ', '_')}.parquet"
+    progress = recorded_bar(monkeypatch)
     assert dmf(["embed", "--model", model_dir, "--store", store, "--out", str(out), "--drop-modalities", "rdkit2d"]) == 0
+    progress.check(len(SMILES) + 2)  # rows written of the store's input rows (both files)
     table = pq.read_table(out).to_pandas()
+    check_stored_rows_reused(table[table.source.str.endswith("lib.smi")], model_dir, len(SMILES))
     ecfp_only = table[table.source.str.endswith("extra.smi")]
     assert len(ecfp_only) == 2 and ecfp_only.error.isna().all()
     assert all(list(p) == ["ecfp"] for p in ecfp_only.present) and (ecfp_only.attn_maccs == 0).all()

@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 
 from dmf_ray.artifact import save_fusion_model
+from dmf_ray.cli import console
 from dmf_ray.pipelines.evaluate.protocol import removal_patterns
 from dmf_ray.pipelines.evaluate.report import FILES
 from dmf_ray.model.fusion import DynamicFusion, FusionConfig
+from progress_check import ProgressRecorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -84,14 +86,20 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_full_evaluation_writes_every_output(setup, capsys):
+def test_full_evaluation_writes_every_output(setup, capsys, monkeypatch):
     root, bace, model_dir = setup
     out = root / "report"
+    progress = ProgressRecorder()  # what evaluate reports to dmf's progress bar (shown on a terminal)
+    monkeypatch.setattr(console.Step, "update", lambda self, done, total=None: progress(done, total))
     # The paper-protocol table (extra XGBoost fits) is covered by test_leaked_rows_and_the_auto_learner.
     assert _run_job("--model", model_dir, "--task", f"bace={bace}", "--out", str(out), "--seeds", "2",
                     "--no-paper-protocol") == 0
     err = capsys.readouterr().err
     assert "[bace] fusion" in err and "featurized 300 distinct SMILES (1 invalid)" in err  # progress lines
+    # Two phases: the 300 distinct SMILES encoded, then the task's steps (Table 1, Figures 3-5).
+    assert len(progress.phases()) == 2
+    progress.check(300, phase=0)
+    progress.check(2, phase=1)
 
     for name in list(FILES.values()) + ["evaluation.json"]:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

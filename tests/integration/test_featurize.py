@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import plugin_encoders  # noqa: F401  (registers the test encoders in this process)
+from progress_check import ProgressRecorder
 from dmf_ray.pipelines.featurize import featurize
 from dmf_ray.molecules import canonical_id
 from dmf_ray.store import INPUTS_TABLE, EmbeddingStore, StoreError
@@ -36,8 +37,12 @@ def test_every_input_row_is_stored_or_a_recorded_failure(ray_session, tmp_path):
     rows = VALID + INVALID + ["OCC", "C(O)C"]  # two more spellings of ethanol
     src = write_smi(tmp_path / "lib.smi", rows)
     store = str(tmp_path / "store")
+    progress = ProgressRecorder()
     result = featurize([src], store, ["ecfp", "maccs", "test-no-nitrogen", "test-no-nitrogen-inline"], shard_rows=7,
-                       log=lambda m: None)
+                       log=lambda m: None, progress=progress)
+    # Input rows of finished shards (4 of 7, 7, 7, 5 rows), with pooled and inline encoders.
+    progress.check(len(rows))
+    assert len(progress.calls) >= 2
     info = read_info(store)
     assert info["inputs"] == len(rows) == info["stored_rows"] + info["failed"]
     assert info["failed"] == len(INVALID) and result.failed == len(INVALID)
@@ -103,8 +108,17 @@ def test_adding_molecules_and_a_modality_later_gives_partial_coverage(ray_sessio
     store = str(tmp_path / "store")
     quiet = {"log": lambda m: None}
     featurize([first], store, ["ecfp"], **quiet)
-    featurize([str(second)], store, ["ecfp"], smiles_column="smiles", id_column="name", **quiet)
-    featurize([first], store, ["atompair"], **quiet)
+    progress = ProgressRecorder()  # inline encoders only; the CSV header is not a row
+    featurize([str(second)], store, ["ecfp"], smiles_column="smiles", id_column="name", progress=progress, **quiet)
+    progress.check(len(VALID[8:]))
+
+    def broken_display(done, total):
+        raise RuntimeError("display gone")
+
+    lines = []  # a callback that raises is reported once and does not stop the run
+    featurize([first], store, ["atompair"], log=lines.append, progress=broken_display)
+    assert [line for line in lines if "progress callback failed" in line] == [
+        "featurize: the progress callback failed (RuntimeError: display gone); continuing without progress reports"]
     info = read_info(store)
     assert info["molecules"] == len(VALID)
     assert info["inputs"] == 10 + len(VALID[8:])  # the first file was not counted twice

@@ -22,6 +22,7 @@ import yaml
 from dmf_ray.pipelines.serve import ServeArgs, build_app
 from dmf_ray.pipelines.serve.builder import CPU_ENCODERS, deployment_options, encoder_groups
 from dmf_ray.pipelines.serve.errors import PROXY_HOOK, PROXY_HOOK_ENV
+from dmf_ray.pipelines.serve.limits import max_body_bytes
 from dmf_ray.pipelines.serve.responses import INGRESS
 
 pytestmark = pytest.mark.integration
@@ -119,7 +120,7 @@ def post(url: str, path: str, body, **kw) -> requests.Response:
 
 def assert_same_item(served: dict, local: dict) -> None:
     assert served["error"] is None and local["error"] is None
-    for key in ("input", "mol_id", "smiles", "modalities"):
+    for key in ("input", "mol_id", "smiles", "modalities", "modality_errors"):
         assert served[key] == local[key]
     np.testing.assert_allclose(served["embedding"], local["embedding"], atol=1e-5)
     assert served["attention"] == pytest.approx(local["attention"], abs=1e-5)
@@ -227,6 +228,8 @@ TOO_HEAVY = "C" * (MAX_ATOMS + 1)
         ("/v1/embed", {"smiles": ["CCO", 7]}, 422, ["smiles[1]", "string", "7"]),
         ("/v1/embed", {"smiles": ["CCO"] * (MAX_SMILES + 1)}, 413, [str(MAX_SMILES + 1), str(MAX_SMILES),
                                                                     "max_smiles_per_request"]),
+        ("/v1/embed", '{"smiles": ["' + "C" * 80_000 + '"]}', 413,
+         [f"80016 bytes; the limit is {max_body_bytes(MAX_SMILES, MAX_LENGTH)} bytes"]),
         ("/v1/embed", {"smiles": ["CCO", TOO_LONG]}, 422, ["smiles[1]", str(MAX_LENGTH + 1), "max_smiles_length"]),
         ("/v1/embed", {"smiles": ["CCO", "c1ccccc1", TOO_HEAVY]}, 422, ["smiles[2]", f"{MAX_ATOMS + 1} heavy atoms",
                                                                       f"limit is {MAX_ATOMS}", "max_heavy_atoms"]),
@@ -238,7 +241,8 @@ TOO_HEAVY = "C" * (MAX_ATOMS + 1)
         ("/v1/reconstruct", {"smiles": ["CCO"], "hide": ["graph"]}, 422, ["unknown modality", "'graph'"]),
         ("/v1/reconstruct", {"smiles": ["CCO"]}, 422, ["hide", "required"]),
     ],
-    ids=["malformed-json", "not-an-object", "no-smiles", "empty-list", "non-string", "too-many", "too-long", "too-heavy",
+    ids=["malformed-json", "not-an-object", "no-smiles", "empty-list", "non-string", "too-many", "body-too-large",
+         "too-long", "too-heavy",
          "no-valid-item", "unknown-modality", "unknown-return", "unknown-field", "hide-all", "hide-unknown",
          "no-hide"],
 )
@@ -249,6 +253,15 @@ def test_bad_requests_get_a_4xx_naming_the_problem(service, path, body, status, 
     detail = r.json()["detail"]
     for word in words:
         assert word in detail, (word, detail)
+
+
+def test_dmf_serve_refuses_to_replace_a_running_app(service, model_dir):
+    from dmf_ray.pipelines.serve import run_server
+    from dmf_ray.pipelines.serve.server import AppNameTaken
+
+    with pytest.raises(AppNameTaken, match=f"named '{APP}' already runs"):
+        run_server(model_dir, port=free_port(), args=app_args(model_dir), app_name=APP, blocking=False)
+    assert post(service, "/v1/embed", {"smiles": ["CCO"]}).status_code == 200  # left as it was
 
 
 def test_body_is_json_whatever_the_content_type(service):

@@ -1,7 +1,8 @@
 """dmf_ray.pipelines.train on the shared local Ray, with a small real, partially paired store.
 
-A 2-worker CPU fit costs ~20-40 s of fixed Ray Train overhead here, so the file runs three fits
-(one in-process, two with 2 DDP workers) and shares one store between all tests.
+A 2-worker CPU fit costs ~20-40 s of fixed Ray Train overhead here, so the file runs two fits
+(one in-process; one with 2 DDP workers, interrupted, resumed and restarted, whose model is then
+checked) and shares one store between all tests.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def test_in_process_fit_with_the_ray_data_join_lowers_the_loss(store, tmp_path):
     config = _config(store, out, workers=0, epochs=4, data_loading="distributed",
                      masking=dict(p_start=0.3, p_end=0.3))
     result = train(config, log=lambda m: None)
+    assert (result.epochs_run, result.resumed_from_epoch, result.worker_restarts) == (4, None, [])  # a clean run
     paired = EmbeddingStore.open(store).read_numpy(NAMES)
     expected_valid = int(validation_mask(paired.mol_ids, TINY["val_fraction"]).sum())
     assert (result.n_train, result.n_valid) == (len(paired) - expected_valid, expected_valid)
@@ -103,16 +105,45 @@ def test_in_process_fit_with_the_ray_data_join_lowers_the_loss(store, tmp_path):
     assert history[-1]["train/total"] < history[0]["train/total"]
     assert {h["mask_p"] for h in history} == {0.3}
     FusionEmbedder(str(out))  # loadable
+    # The encoders' value kinds reach the model: Poisson for ECFP counts, Bernoulli for MACCS bits.
+    fusion = read_model_config(out)["fusion"]
+    assert (fusion["reconstruction"], fusion["value_kinds"]) == ("auto", ["count", "binary", "continuous"])
 
 
 @pytest.mark.slow
-def test_two_worker_ddp_fit_writes_a_loadable_model(store, tmp_path):
+def test_interrupted_ddp_run_resumes_restarts_from_its_checkpoint_and_writes_a_loadable_model(store, tmp_path, monkeypatch):
+    # One 2-worker fit serves both: the resumed and restarted run must end with the same model a
+    # clean run writes (the clean-run accounting is checked on the in-process fit above).
     out = tmp_path / "model"
-    logs: list[str] = []
-    config = _config(store, out, workers=2, epochs=3)
-    result = train(config, log=logs.append)
-    assert (result.epochs_run, result.resumed_from_epoch, result.worker_restarts) == (3, None, [])
+    # 1) rank 1 dies before epoch 2 and no restart is allowed: the call fails after epoch 1.
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")  # the test-only fault injection, never in TrainConfig
+    with pytest.raises(TrainingError, match="rerun the same command to resume"):
+        train(_config(store, out, workers=2, epochs=3, max_failures=0), log=lambda m: None)
+    assert (out / TRAIN_DIR / "fail-injected-epoch-2").exists()
+    assert not (out / "config.json").exists()
+    assert [h["epoch"] for h in read_metrics_file(out / METRICS_FILE)] == [1]
 
+    # 2) the same command again resumes after epoch 1; this time rank 1 dies before epoch 3 and
+    # Ray restarts the group, which resumes from the epoch-2 checkpoint instead of epoch 0.
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "3")
+    logs: list[str] = []
+    result = train(_config(store, out, workers=2, epochs=3, max_failures=1), log=logs.append)
+    assert (out / TRAIN_DIR / "fail-injected-epoch-3").exists()
+    assert result.resumed_from_epoch == 1
+    assert result.worker_restarts == [2]
+    assert result.epochs_run == 2
+    summary = "epochs 3/3 (2 in this run, resumed from epoch 1, worker restarts at epochs [2])"
+    assert result.summary() == summary and summary in logs[-1]
+    history = read_metrics_file(out / METRICS_FILE)
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # each epoch once, none redone from 0
+    assert [h["step"] for h in history] == sorted({h["step"] for h in history})
+    monkeypatch.delenv(FAIL_AT_EPOCH_ENV)
+    check_ddp_model(store, out, result, logs)
+
+
+def check_ddp_model(store: str, out: Path, result, logs: list[str]) -> None:
+    """A finished 2-worker, 3-epoch model in ``out`` (``result``: the call that finished it):
+    metrics, card, checkpoint and rerun behaviour."""
     history = read_metrics_file(out / METRICS_FILE)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     last = history[-1]
@@ -164,31 +195,3 @@ def test_two_worker_ddp_fit_writes_a_loadable_model(store, tmp_path):
     assert any("already holds this model" in m for m in logs)
     with pytest.raises(ValueError, match="epochs: 3 -> 4"):
         train(_config(store, out, workers=2, epochs=4), log=logs.append)
-
-
-@pytest.mark.slow
-def test_interrupted_run_resumes_and_a_killed_worker_restarts_from_its_checkpoint(store, tmp_path, monkeypatch):
-    out = tmp_path / "model"
-    # 1) rank 1 dies before epoch 2 and no restart is allowed: the call fails after epoch 1.
-    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")  # the test-only fault injection, never in TrainConfig
-    with pytest.raises(TrainingError, match="rerun the same command to resume"):
-        train(_config(store, out, workers=2, epochs=3, max_failures=0), log=lambda m: None)
-    assert (out / TRAIN_DIR / "fail-injected-epoch-2").exists()
-    assert not (out / "config.json").exists()
-    assert [h["epoch"] for h in read_metrics_file(out / METRICS_FILE)] == [1]
-
-    # 2) the same command again resumes after epoch 1; this time rank 1 dies before epoch 3 and
-    # Ray restarts the group, which resumes from the epoch-2 checkpoint instead of epoch 0.
-    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "3")
-    logs: list[str] = []
-    result = train(_config(store, out, workers=2, epochs=3, max_failures=1), log=logs.append)
-    assert (out / TRAIN_DIR / "fail-injected-epoch-3").exists()
-    assert result.resumed_from_epoch == 1
-    assert result.worker_restarts == [2]
-    assert result.epochs_run == 2
-    summary = "epochs 3/3 (2 in this run, resumed from epoch 1, worker restarts at epochs [2])"
-    assert result.summary() == summary and summary in logs[-1]
-    history = read_metrics_file(out / METRICS_FILE)
-    assert [h["epoch"] for h in history] == [1, 2, 3]  # each epoch once, none redone from 0
-    assert [h["step"] for h in history] == sorted({h["step"] for h in history})
-    FusionEmbedder(str(out))

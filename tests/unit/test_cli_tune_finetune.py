@@ -73,6 +73,27 @@ def test_tune_unknown_modality_is_one_line_before_ray_starts(store, tmp_path, ca
     assert not _ray_started() and not out.exists()
 
 
+def test_tune_task_flag_repeats_and_makes_the_objective_downstream():
+    from dmf_ray.pipelines.tune import DOWNSTREAM_METRIC, TuneConfig
+
+    args = build_parser(["tune"]).parse_args(
+        ["tune", "--store", "st", "--out", "o", "--search", "lr=grid:0.1,0.2", "--task", "bbbp=/d/bbbp",
+         "--task", "/d/bace"])
+    config = build_config(TuneConfig, args.flags.values(args))
+    assert config.tasks == ["bbbp=/d/bbbp", "/d/bace"] and config.metric == DOWNSTREAM_METRIC
+
+
+def test_tune_bad_task_is_one_line_before_ray_starts(store, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["tune", "--store", store, "--out", str(out), "--search", "lr=grid:0.1,0.2",
+                 "--task", f"gone={tmp_path / 'nowhere'}"]) == 2
+    assert "task gone=" in _one_line_error(capsys)
+    assert main(["tune", "--store", store, "--out", str(out), "--search", "lr=grid:0.1,0.2",
+                 "--metric", "downstream/roc_auc"]) == 2
+    assert "needs at least one task" in _one_line_error(capsys)
+    assert not _ray_started() and not out.exists()
+
+
 def test_finetune_flags_build_the_config():
     from dmf_ray.pipelines.finetune import FinetuneConfig
 

@@ -9,6 +9,7 @@ import pytest
 
 from dmf_ray.encoders import create_encoder
 from dmf_ray.pipelines.evaluate.features import featurize_smiles
+from progress_check import ProgressRecorder
 
 SPECS = {m: create_encoder(m).spec() for m in ("ecfp", "maccs", "rdkit2d")}
 SMILES = ["CCO", "OCC", "c1ccccc1O", "C1CC", "", "CC(=O)Nc1ccc(O)cc1", "CCO", "[Na+].[Cl-]", "not a smiles"]
@@ -35,8 +36,11 @@ def test_invalid_smiles_are_kept_counted_and_featureless():
 def test_process_pool_gives_the_same_features_as_in_process():
     smiles = SMILES * 3 + ["CCN(CC)CC", "O=C(O)c1ccccc1OC(C)=O", "c1ccc2ccccc2c1"]
     one = featurize_smiles(smiles, SPECS, workers=1, log=lambda m: None)
-    two = featurize_smiles(smiles, SPECS, workers=2, chunk_size=3, log=lambda m: None)
+    progress = ProgressRecorder()  # distinct SMILES encoded, reported from this process
+    two = featurize_smiles(smiles, SPECS, workers=2, chunk_size=3, log=lambda m: None, progress=progress)
     assert two.workers == 2
+    progress.check(len(set(smiles)))
+    assert len(progress.calls) == -(-len(set(smiles)) // 3)  # one call per chunk
     assert list(one.batch.mol_ids) == list(two.batch.mol_ids) and one.index == two.index
     np.testing.assert_array_equal(one.batch.present, two.batch.present)
     for m in SPECS:

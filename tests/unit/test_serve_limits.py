@@ -81,6 +81,16 @@ def test_minimum_that_cannot_fit_is_one_clear_error():
         fit_replicas(demands(args), cpus=2, gpus=0, spare_cpus=args.ingress.num_cpus)
 
 
+def test_gpu_shortage_advice_is_about_gpus():
+    args = ServeArgs(model_dir="/m")
+    gpu = [*demands(args), Demand("Encoder-chemnet", args.gpu_encoders, 1.0, 0.5)]
+    with pytest.raises(CapacityError) as info:
+        fit_replicas(gpu, cpus=8, gpus=0, spare_cpus=args.ingress.num_cpus)
+    text = str(info.value)
+    assert "Encoder-chemnet 1 x 1 CPU 0.5 GPU" in text and "gpu_encoders.num_gpus: 0" in text
+    assert "more CPUs" not in text  # 8 CPUs are enough
+
+
 # ---- the encoders' work queue ----------------------------------------------------------------
 
 

@@ -126,12 +126,18 @@ def featurize_smiles(
     workers: int | None = None,
     chunk_size: int = _ENCODE_CHUNK,
     log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FeaturizedSmiles:
     """Encode each distinct SMILES string once per modality with the encoders of ``specs``.
 
     ``workers``: processes for the inline encoders (None: one per core for >= 3,000 molecules,
     else in-process); other encoders always run in this process (module docstring). Invalid
     SMILES and encoder failures are kept as absent entries, never dropped.
+
+    ``progress(done, total)``, called in this process after each chunk: distinct SMILES encoded
+    with every modality (an invalid one counts once it is found invalid) of all distinct SMILES.
+    With both a process pool and in-process encoders, ``done`` moves with the in-process pass,
+    the second one (no molecule has every modality before it).
     """
     started = time.perf_counter()
     distinct = list(dict.fromkeys(s if isinstance(s, str) else "" for s in smiles))
@@ -146,15 +152,20 @@ def featurize_smiles(
     chunks = [distinct[i:i + chunk_size] for i in range(0, len(distinct), chunk_size)]
     last = time.perf_counter()
 
-    def progress(done: int, stage: str) -> None:
+    def log_progress(done: int, stage: str) -> None:
         nonlocal last
         if time.perf_counter() - last > 10:
             last = time.perf_counter()
             log(f"featurize ({stage}): {done:,}/{len(distinct):,} molecules ({done / (last - started):,.0f}/s)")
 
+    def pool_done(done: int) -> None:
+        log_progress(done, f"{workers} processes")
+        if progress is not None and not local:
+            progress(done, len(distinct))
+
     parts: list[tuple[ModalityBatch, list[str | None]]] = []
     if pooled:
-        parts = _encode_in_pool(chunks, pooled, workers, lambda d: progress(d, f"{workers} processes"))
+        parts = _encode_in_pool(chunks, pooled, workers, pool_done)
     if local:
         done = 0
         for k, chunk in enumerate(chunks):
@@ -165,7 +176,9 @@ def featurize_smiles(
             else:
                 parts.append((batch, parse_errors))
             done += len(chunk)
-            progress(done, "in-process")
+            log_progress(done, "in-process")
+            if progress is not None:
+                progress(done, len(distinct))
     return _assemble(distinct, specs, parts, workers, time.perf_counter() - started)
 
 

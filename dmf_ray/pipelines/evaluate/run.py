@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dmf_ray.files import fetch, is_remote, redact, staging_dir, upload_tree
+from dmf_ray.progress import ProgressCallback, Reporter
 from dmf_ray.pipelines.evaluate import analyses as _analyses
 from dmf_ray.pipelines.evaluate import learners as _learners
 from dmf_ray.pipelines.evaluate import provenance as _provenance
@@ -102,8 +103,15 @@ def _load_model(config: EvaluateConfig, log: Callable[[str], None]) -> _Model:
     return _Model(model, mods, specs, trained_on, corpus, ids, note)
 
 
-def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> EvaluateResult:
+def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print,
+             progress: ProgressCallback | None = None) -> EvaluateResult:
     """Run the whole evaluation and write the report into ``config.out``; see the module docstring.
+
+    ``progress(done, total)`` (``dmf_ray.progress``; called from this thread only), in two
+    phases, each counting from 0 to its total: first the distinct SMILES of all tasks encoded
+    with every modality (total: their count), then the analysis steps of the tasks (total:
+    tasks x steps per task: Table 1, fine-tuning with --finetune, Figure 2 with --robustness
+    refit, Figures 3-5). The last call has done == total == the steps.
 
     Raises ValueError / FileNotFoundError / TaskError (one line each) for a bad model directory,
     task or learner before any long work starts.
@@ -124,12 +132,14 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print) -> Eval
         + ", ".join(f"{t.name} ({t.kind}, {t.split_name} split, {sum(t.sizes.values()):,} rows, "
                     f"{t.n_tasks} label(s))" for t in loaded))
     fm = _load_model(config, log)
+    report = Reporter(progress, log, "evaluate")
     feats = featurize_smiles([s for t in loaded for split in SPLITS for s in t.smiles[split]], fm.specs,
-                             workers=config.workers, log=log)
+                             workers=config.workers, log=log, progress=report)
     details = _details(config, fm, feats, log)
     results: list[TaskResult] = []
+    steps = _Steps(report, len(loaded) * len(_task_steps(config, fm.modalities)))
     for i, (task, spec) in enumerate(zip(loaded, config.tasks)):
-        result, info = _evaluate_task(task, spec.dataset, feats, fm, config, details["protocol"], log)
+        result, info = _evaluate_task(task, spec.dataset, feats, fm, config, details["protocol"], log, steps)
         results.append(result)
         details["tasks"][task.name] = info
         details["seconds"] = round(time.perf_counter() - started, 1)
@@ -170,8 +180,28 @@ def _details(config: EvaluateConfig, fm: _Model, feats: FeaturizedSmiles, log: C
     }
 
 
+def _task_steps(config: EvaluateConfig, modalities: list[str]) -> list[str]:
+    """The analysis steps of one task, as ``_evaluate_task`` runs them (the progress unit)."""
+    refit = len(modalities) >= 2 and config.robustness == "refit" and bool(removal_patterns(modalities))
+    return ["table1", *(["finetune"] if config.finetune else []), *(["robustness"] if refit else []),
+            "reconstruction_attention"]
+
+
+class _Steps:
+    """Reports the tasks' analysis steps done, of ``total``."""
+
+    def __init__(self, report: Reporter, total: int):
+        self.report, self.done, self.total = report, 0, total
+        report(0, total)
+
+    def step(self) -> None:
+        self.done += 1
+        self.report(self.done, self.total)
+
+
 def _evaluate_task(task: _tasks.Task, dataset: str | None, feats: FeaturizedSmiles, fm: _Model,
-                   config: EvaluateConfig, proto: dict, log: Callable[[str], None]) -> tuple[TaskResult, dict]:
+                   config: EvaluateConfig, proto: dict, log: Callable[[str], None],
+                   steps: _Steps) -> tuple[TaskResult, dict]:
     """Table 1, Figure 2, Figures 3-5 of one task; returns its result and its evaluation.json entry."""
     name, mods = task.name, fm.modalities
     timings: dict[str, float] = {}
@@ -196,14 +226,17 @@ def _evaluate_task(task: _tasks.Task, dataset: str | None, feats: FeaturizedSmil
     t0 = time.perf_counter()
     run_table1(run)
     timings["table1"] = time.perf_counter() - t0
+    steps.step()
     if config.finetune:
         t0 = time.perf_counter()
         run_finetune(run, FinetuneSettings(epochs=config.finetune_epochs))
         timings["finetune"] = time.perf_counter() - t0
+        steps.step()
     if patterns and config.robustness == "refit":
         t0 = time.perf_counter()
         run_refit(run)
         timings["robustness"] = time.perf_counter() - t0
+        steps.step()
     if patterns:
         log(f"[{name}] robustness ({config.robustness}): " + ", ".join(
             f"{p} {mean_std(v['fusion'])[0]:.3f}/{mean_std(v['concat'])[0]:.3f}"
@@ -211,6 +244,7 @@ def _evaluate_task(task: _tasks.Task, dataset: str | None, feats: FeaturizedSmil
     t0 = time.perf_counter()
     raw_cos, counts = _figures_3_to_5(run)
     timings["reconstruction_attention"] = time.perf_counter() - t0
+    steps.step()
     for what, why in result.not_computed.items():
         log(f"[{name}] not computed: {what}: {why}")
     info = {

@@ -35,7 +35,8 @@ import numpy as np
 
 from dmf_ray.encoders import DEFAULT_ENCODERS, Encoder, encoder_from_option
 from dmf_ray.inputs import InputError, InputFile, check_readable, discover_inputs
-from dmf_ray.pipelines.featurize.stages import build_pipeline, known_ids
+from dmf_ray.pipelines.featurize.stages import INPUT_ROWS, build_pipeline, known_ids
+from dmf_ray.progress import ProgressCallback, Reporter, RowCount
 from dmf_ray.store import INPUTS_TABLE, EmbeddingStore, modality_table
 
 
@@ -63,33 +64,67 @@ def resolve_encoders(options: list[str] | tuple[str, ...]) -> dict[str, Encoder]
     return encoders
 
 
+class _Shards:
+    """What the driver knows of each shard from the status rows, for commits and progress."""
+
+    def __init__(self) -> None:
+        self.written: dict[tuple[str, str], int] = defaultdict(int)
+        self.expected: dict[tuple[str, str], int] = {}
+        self.waiting: dict[str, set[str]] = defaultdict(set)  # shard -> modalities short of rows
+        self.inputs: dict[str, int] = {}  # shard -> input rows, from its INPUT_ROWS status, until complete
+        self.rows_done = 0  # input rows of the complete shards
+        self.vectors = 0
+
+    def add(self, shard: str, name: str, rows: int, expected: int) -> bool:
+        """Count one status row; True when it completes a (shard, modality) (rows now == expected)."""
+        if name == INPUT_ROWS:
+            self.inputs[shard] = rows
+            return False
+        key = (shard, name)
+        self.written[key] += rows
+        self.expected[key] = expected
+        self.vectors += rows
+        if self.written[key] > expected:
+            raise RuntimeError(f"shard {shard} got {self.written[key]} rows of {name}, expected {expected}")
+        if self.written[key] < expected:
+            self.waiting[shard].add(name)
+            return False
+        self.waiting[shard].discard(name)
+        return rows > 0
+
+    def finish_complete(self) -> None:
+        """Count the input rows of shards whose every modality has all its rows."""
+        for shard in [s for s in self.inputs if not self.waiting.get(s)]:
+            self.rows_done += self.inputs.pop(shard)
+
+
 def _commit_statuses(
     statuses: Iterable[dict[str, np.ndarray]], store: EmbeddingStore, pooled: dict[str, Encoder], *,
     started: float, log: Callable[[str], None], progress_interval_s: float,
-) -> dict[tuple[str, str], int]:
-    """Count the rows written per (shard, modality) and return the counts.
+    report: Reporter, rows: RowCount | None,
+) -> _Shards:
+    """Count the rows written per (shard, modality), commit the pooled ones, report progress.
 
-    Status rows: (shard, modality, rows written, rows the shard needs). Inline encoders commit
-    their own (shard, modality) in the parse actors; pooled ones are committed here once all
-    their rows are on disk. With pooled encoders, progress counts only theirs."""
-    written: dict[tuple[str, str], int] = defaultdict(int)
-    vectors = 0
+    Status rows: (shard, modality, rows written, rows the shard needs), plus one INPUT_ROWS row
+    per shard (see ``stages``). Inline encoders commit their own (shard, modality) in the parse
+    actors; pooled ones are committed here once all their rows are on disk. Progress: input rows
+    of the shards complete in every modality, of the rows of the shards to do (``rows.total``)."""
+    shards = _Shards()
     last_log = time.time()
     for status in statuses:
-        for shard, name, rows, expected in zip(status["shard"], status["modality"], status["rows"], status["expected"]):
-            key = (str(shard), str(name))
-            written[key] += int(rows)
-            vectors += int(rows)
-            if key[1] in pooled and written[key] == expected:
-                store.commit_modality(key[1], key[0], int(expected))
-            elif written[key] > expected:
-                raise RuntimeError(f"shard {key[0]} got {written[key]} rows of {key[1]}, expected {expected}")
+        for shard, name, count, expected in zip(status["shard"], status["modality"], status["rows"], status["expected"]):
+            if shards.add(str(shard), str(name), int(count), int(expected)) and str(name) in pooled:
+                store.commit_modality(str(name), str(shard), int(expected))
+        before = shards.rows_done
+        shards.finish_complete()
+        if shards.rows_done > before:
+            report(shards.rows_done, rows.total if rows else None)
         if time.time() - last_log > progress_interval_s:
             last_log = time.time()
-            shards_done = len({k[0] for k in written})
-            log(f"featurize: {vectors:,} vectors written for {shards_done} shard(s) "
-                f"({vectors / max(1e-9, last_log - started):,.0f} vectors/s)")
-    return written
+            shards_done = len({k[0] for k in shards.written})
+            log(f"featurize: {shards.vectors:,} vectors written for {shards_done} shard(s) "
+                f"({shards.vectors / max(1e-9, last_log - started):,.0f} vectors/s)")
+    return shards
 
 
 def _files_to_do(store: EmbeddingStore, files: list[InputFile], names: list[str]) -> tuple[list[InputFile], int]:
@@ -146,9 +181,16 @@ def featurize(
     progress_interval_s: float = 10.0,
     format: str | None = None,
     start_ray: Callable[[], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> FeaturizeResult:
     """Featurise input files into the store; see the module docstring. ``start_ray`` is called
     once there is work to do (default: Ray must be running, ``dmf_ray.runtime.ensure_ray``).
+
+    ``progress(done, total)`` (``dmf_ray.progress``; called from this thread only): ``done`` =
+    input rows of the shards finished in this run (stored or recorded as failures, every
+    modality written and committed), ``total`` = input rows of the shards to do, counted from
+    the files in a background thread (None until counted); the last call has done == total.
+    Not called when there is nothing to do.
 
     Raises InputError (one line naming the file) for an input that cannot be read whole, before
     anything of it is stored."""
@@ -173,7 +215,8 @@ def featurize(
     store.register_modalities({name: enc.spec() for name, enc in chosen.items()})
     _prepare_run(store, files, log)
     try:
-        return _run(store, store_uri, todo, chosen, started, log, progress_interval_s)
+        return _run(store, store_uri, todo, chosen, started, log, progress_interval_s,
+                    Reporter(progress, log, "featurize"))
     except Exception as exc:
         error = _unwrap_input_error(exc)
         if error is not None:
@@ -182,7 +225,7 @@ def featurize(
 
 
 def _run(store: EmbeddingStore, store_uri: str, files: list[InputFile], chosen: dict[str, Encoder], started: float,
-         log: Callable[[str], None], progress_interval_s: float) -> FeaturizeResult:
+         log: Callable[[str], None], progress_interval_s: float, report: Reporter) -> FeaturizeResult:
     from dmf_ray.runtime import cluster_resources, pipeline_actors_killed_on_failure
 
     names = list(chosen)
@@ -197,13 +240,20 @@ def _run(store: EmbeddingStore, store_uri: str, files: list[InputFile], chosen: 
     pooled = {name: encoder for name, encoder in chosen.items() if name not in inline}
     ds = build_pipeline(files, store, store_uri, specs, inline, pooled, skip=skip, known=known,
                          inputs_done=inputs_done, modality_done=modality_done, cpus=cpus, gpus=gpus)
-    with pipeline_actors_killed_on_failure():
-        written = _commit_statuses(ds.iter_batches(batch_size=None, batch_format="numpy"), store, pooled,
-                                   started=started, log=log, progress_interval_s=progress_interval_s)
-
-    incomplete = [k for k, v in written.items() if k[0] not in store.committed_keys(modality_table(k[1]))]
+    rows = RowCount(files, store.shard_rows, skip) if report.wanted else None
+    try:
+        with pipeline_actors_killed_on_failure():
+            shards = _commit_statuses(ds.iter_batches(batch_size=None, batch_format="numpy"), store, pooled,
+                                      started=started, log=log, progress_interval_s=progress_interval_s,
+                                      report=report, rows=rows)
+    finally:
+        if rows is not None:
+            rows.stop()
+    committed = {n: store.committed_keys(modality_table(n)) for n in {k[1] for k in shards.written}}
+    incomplete = [k for k in shards.written if k[0] not in committed[k[1]]]
     if incomplete:
         raise RuntimeError(f"{len(incomplete)} shard-modalities were written only in part, e.g. {incomplete[0]}; rerun to finish them")
+    report(shards.rows_done, shards.rows_done)
     duplicates = {n: store.deduplicate(n) for n in names}
     # What this run added to each table: its committed rows less the copies of molecules that
     # several of its shards held (removed just above).

@@ -51,6 +51,9 @@ def _read_stage(batch: dict[str, np.ndarray], chunk_rows: int, skip: set[str]):
 
 # ---- stage 2: parse (and inline encoders) -------------------------------------------------
 STATUS_SCHEMA = pa.schema([("shard", pa.string()), ("modality", pa.string()), ("rows", pa.int64()), ("expected", pa.int64())])
+# The status row, once per shard, whose ``rows`` are the shard's input rows (for the driver's
+# progress): no modality is named "" (encoder names are registry names).
+INPUT_ROWS = ""
 
 
 class _InlineModality:
@@ -79,8 +82,9 @@ class _ParseStage:
     """Parses whole shards (a shard is one row, so it is never split), writes their molecules and
     failures, and runs the inline encoders on each molecule as soon as it is parsed (while it is
     hot in the CPU cache), writing and committing each (shard, modality) in one file. Emits the
-    molecules the pooled encoders still need or, when there are none, one status row per inline
-    (shard, modality) for the driver's progress.
+    molecules the pooled encoders still need and a header row per shard or, when there are no
+    pooled encoders, one status row per inline (shard, modality) and one of the shard's input
+    rows (``INPUT_ROWS``), for the driver's commits and progress.
 
     A modality needs a molecule when it is the shard's first occurrence of that molecule, the
     store lacks it for that modality, and the (shard, modality) is not committed yet."""
@@ -143,10 +147,10 @@ class _ParseStage:
             if count == 0:  # nothing to add: the shard is complete for this modality
                 self.store.commit_modality(name, shard, 0)
         if not self.pooled:
-            status = {name: count for name, count in written.items() if count}
+            status = {name: count for name, count in written.items() if count} | {INPUT_ROWS: len(rows)}
             return pa.table({"shard": [shard] * len(status), "modality": list(status),
                              "rows": list(status.values()), "expected": list(status.values())}, schema=STATUS_SCHEMA)
-        return self.molecules_to_encode(shard, to_pool, pooled, expected)
+        return self.molecules_to_encode(shard, to_pool, pooled, expected, len(rows))
 
     def write_inline(self, shard: str, name: str, out: _InlineModality) -> int:
         """Write and commit the shard's part of an inline modality; returns its row count."""
@@ -156,12 +160,18 @@ class _ParseStage:
         return len(out.ids)
 
     def molecules_to_encode(self, shard: str, to_pool: list[tuple[str, str, bytes, list[bool]]], pooled: list[str],
-                            expected: dict[str, int]) -> pa.Table:
+                            expected: dict[str, int], inputs: int) -> pa.Table:
+        """The molecules some pooled encoder needs, then the shard's header row: no molecule
+        (every ``need__`` false), ``inputs`` = the shard's input rows (-1 on molecule rows).
+        It travels through the encoders untouched, so every shard reaches the write stage and
+        the driver, even one with nothing to encode."""
+        to_pool = [*to_pool, ("", "", b"", [False] * len(pooled))]
         columns: dict[str, Any] = {
             "shard": pa.array([shard] * len(to_pool), pa.string()),
             "mol_id": pa.array([row[0] for row in to_pool], pa.string()),
             "smiles": pa.array([row[1] for row in to_pool], pa.string()),
             "mol": pa.array([row[2] for row in to_pool], pa.binary()),
+            "inputs": pa.array([-1] * (len(to_pool) - 1) + [inputs], pa.int64()),
         }
         for name in self.pooled:  # a modality committed for this shard already needs nothing here
             k = pooled.index(name) if name in pooled else None
@@ -171,7 +181,8 @@ class _ParseStage:
 
 
 def _encode_input_schema(modalities: list[str]) -> pa.Schema:
-    fields = [("shard", pa.string()), ("mol_id", pa.string()), ("smiles", pa.string()), ("mol", pa.binary())]
+    fields = [("shard", pa.string()), ("mol_id", pa.string()), ("smiles", pa.string()), ("mol", pa.binary()),
+              ("inputs", pa.int64())]
     for name in modalities:
         fields += [(f"need__{name}", pa.bool_()), (f"expect__{name}", pa.int64())]
     return pa.schema(fields)
@@ -223,6 +234,16 @@ def _write_stage(batch: dict[str, np.ndarray], store_uri: str, run: str, specs: 
             status["modality"].append(name)
             status["rows"].append(len(rows))
             status["expected"].append(int(batch[f"expect__{name}"][rows[0]]))
+    for i in np.flatnonzero(batch["inputs"] >= 0):  # a shard's header row (see molecules_to_encode)
+        # Its input rows, and each modality it waits for with 0 rows: the driver then knows the
+        # whole shard, whichever of its rows arrive first.
+        inputs = int(batch["inputs"][i])
+        waits = [(name, 0, int(batch[f"expect__{name}"][i])) for name in specs if batch[f"expect__{name}"][i] > 0]
+        for name, count, expected in [(INPUT_ROWS, inputs, inputs), *waits]:
+            status["shard"].append(shards[i])
+            status["modality"].append(name)
+            status["rows"].append(count)
+            status["expected"].append(expected)
     if not status:
         return {"shard": np.array([], dtype=object), "modality": np.array([], dtype=object), "rows": np.array([], dtype=np.int64), "expected": np.array([], dtype=np.int64)}
     return {k: np.array(v) for k, v in status.items()}

@@ -36,6 +36,8 @@ class EmbedItem(BaseModel):
     embedding: list[float] | None = None
     attention: dict[str, float] | None = Field(None, description="inter-modal attention per modality (0 if unused)")
     modalities: list[str] | None = Field(None, description="modalities that were present and used")
+    modality_errors: dict[str, str] | None = Field(None, description="why a requested modality is missing from "
+                                                   "`modalities`: its encoder's reason, per modality ({} if none)")
     gates: dict[str, list[float]] | None = None
     reconstructions: dict[str, list[float]] | None = None
     error: str | None = Field(..., description="null, or why this item has no embedding")
@@ -77,7 +79,8 @@ class ModelCard(BaseModel):
 
 ERROR_RESPONSES = {
     400: {"description": "malformed JSON"},
-    413: {"description": "more SMILES than max_smiles_per_request"},
+    413: {"description": "more SMILES than max_smiles_per_request, or a body larger than "
+                         "max_smiles_per_request x (2 x max_smiles_length + 16) + 65536 bytes"},
     422: {"description": "invalid request (the detail names the field, index or value), or no valid SMILES"},
     503: {"description": "a backend replica died and retries were used up, or a backend queue is full"},
     504: {"description": "not answered within request_timeout_s"},

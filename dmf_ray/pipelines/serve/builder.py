@@ -4,6 +4,7 @@ resources, and how many replicas the cluster can place."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -54,7 +55,8 @@ def deployment_options(d: DeploymentArgs, num_gpus: float = 0.0, access_log: boo
     return opts
 
 
-def _roles(args: ServeArgs, groups: dict[str, list[str]], specs: dict) -> dict[str, tuple[DeploymentArgs, float]]:
+def deployment_roles(args: ServeArgs, groups: dict[str, list[str]],
+                     specs: dict) -> dict[str, tuple[DeploymentArgs, float]]:
     """Deployment name -> (its args, GPUs per replica), for every deployment of the app."""
     roles: dict[str, tuple[DeploymentArgs, float]] = {INGRESS: (args.ingress, 0.0)}
     for name, mods in groups.items():
@@ -66,6 +68,35 @@ def _roles(args: ServeArgs, groups: dict[str, list[str]], specs: dict) -> dict[s
     if args.separate_fusion:
         roles[FUSION] = (args.fusion, args.fusion.num_gpus or 0.0)
     return roles
+
+
+@dataclass
+class EncoderPlan:
+    """How one encoder deployment runs: its modalities, Serve options and work-queue steps."""
+
+    modalities: list[str]
+    options: dict[str, Any]
+    step_atoms: int
+    max_step_molecules: int
+    together: bool  # one encoder call per step across requests (GPU batching)
+
+
+def plan_encoders(args: ServeArgs, groups: dict[str, list[str]],
+                  roles: dict[str, tuple[DeploymentArgs, float]]) -> dict[str, EncoderPlan]:
+    """Deployment name -> ``EncoderPlan``, from the GPUs each deployment is actually given
+    (``roles``), not from its kind: a GPU encoder run on the CPU (``gpu_encoders.num_gpus: 0``,
+    ``dmf serve``'s fallback on a machine without GPUs) gets the CPU encoders' small fair steps."""
+    plans = {}
+    for name, mods in groups.items():
+        d, gpus = roles[name]
+        # On a GPU a batch costs about the same for 1 or 512 molecules, so requests are batched
+        # together in large steps; on a CPU encoders loop per molecule, so small steps cost
+        # nothing and a one-molecule request does not wait behind a 512-molecule step.
+        gpu = gpus > 0
+        step_atoms = max(args.encode_step_atoms, 64 * d.max_batch_molecules) if gpu else args.encode_step_atoms
+        plans[name] = EncoderPlan(mods, deployment_options(d, gpus, args.access_log), step_atoms,
+                                  d.max_batch_molecules, gpu)
+    return plans
 
 
 def _should_cap(args: ServeArgs) -> bool:
@@ -104,19 +135,15 @@ def build_app(args: ServeArgs | dict) -> serve.Application:
     args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
     card = read_model_config(args.model_dir)  # fail at deploy time, naming the path
     groups = encoder_groups(card)
-    roles = _roles(args, groups, card["modalities"])
+    roles = deployment_roles(args, groups, card["modalities"])
     if _should_cap(args):
         roles = fit_to_cluster(roles)
     log = args.access_log
-    encoders = {}
-    for name, mods in groups.items():
-        d, gpus = roles[name]
-        # A GPU encoder batches across requests (a batch costs about the same for 1 or 512
-        # molecules); CPU encoders loop per molecule, so small steps cost nothing and keep it fair.
-        gpu = name != CPU_ENCODERS
-        step_atoms = max(args.encode_step_atoms, 64 * d.max_batch_molecules) if gpu else args.encode_step_atoms
-        encoders[name] = Encoders.options(name=name, **deployment_options(d, gpus, log)).bind(
-            args.model_dir, mods, step_atoms, d.max_batch_molecules, gpu)
+    encoders = {
+        name: Encoders.options(name=name, **plan.options).bind(
+            args.model_dir, plan.modalities, plan.step_atoms, plan.max_step_molecules, plan.together)
+        for name, plan in plan_encoders(args, groups, roles).items()
+    }
     fusion = None
     if args.separate_fusion:
         f, gpus = roles[FUSION]

@@ -8,8 +8,11 @@ of several requests (``@serve.batch`` groups them) and hands each request its ow
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -69,3 +72,28 @@ def fuse_calls(model, calls: list[FuseCall]) -> list[FusedBatch]:
             [r[a:b] for r in fused.reconstructions] if c.with_reconstructions else None,
         ))
     return out
+
+
+async def all_or_cancel(calls: list[Awaitable[Any]]) -> list[Any]:
+    """Await every call; the results in order. The first call to fail cancels the others (a
+    cancelled backend call drops its queued work: ``Ingress._call``) and its exception is raised
+    as it is: the app's error handlers (503 for a dead replica or a full queue) match on its type.
+    ``asyncio.gather`` would leave the others running for a request already answered. Cancelling
+    the caller cancels every call. (``asyncio.TaskGroup`` does the same but wraps the exception
+    in an ExceptionGroup, and needs Python 3.11; the package supports 3.10.)"""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    if not tasks:
+        return []
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        raise
+    failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+    if failed:
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)  # their cancel handlers run now
+        raise failed[0]
+    return [t.result() for t in tasks]

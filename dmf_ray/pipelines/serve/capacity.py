@@ -48,6 +48,22 @@ def _needs(demands: list[Demand], highs: dict[str, int], spare_cpus: float) -> t
     return cpus, gpus
 
 
+def _too_small(demands: list[Demand], spare_cpus: float, cpus: float, gpus: float) -> str:
+    lows = {d.name: d.low for d in demands}
+    low_cpus, low_gpus = _needs(demands, lows, spare_cpus)
+    each = ", ".join(f"{d.name} {d.low} x {d.num_cpus:g} CPU" + (f" {d.num_gpus:g} GPU" if d.num_gpus else "")
+                     for d in demands)
+    advice = []
+    if low_gpus > gpus + 1e-9:  # a GPU shortage: more CPUs would not help
+        advice.append("set gpu_encoders.num_gpus: 0 (--gpu-encoders-num-gpus 0) to run the GPU encoders on "
+                      "the CPU, or give Ray more GPUs")
+    if low_cpus > cpus + 1e-9:
+        advice.append("lower num_cpus or min_replicas, or give Ray more CPUs")
+    return (f"the Serve app needs {low_cpus:g} CPUs and {low_gpus:g} GPUs at its minimum replica counts ({each}, "
+            f"plus {spare_cpus:g} CPU kept free to replace the ingress) but the cluster has {cpus:g} CPUs and "
+            f"{gpus:g} GPUs: {'; '.join(advice)}")
+
+
 def fit_replicas(demands: list[Demand], cpus: float, gpus: float, spare_cpus: float) -> dict[str, int]:
     """The highest replica count per deployment such that all deployments at that count, plus
     ``spare_cpus``, fit ``cpus`` and ``gpus`` (the cluster's totals).
@@ -65,14 +81,7 @@ def fit_replicas(demands: list[Demand], cpus: float, gpus: float, spare_cpus: fl
         over_gpu = need_gpus > gpus + eps
         movable = [d for d in demands if highs[d.name] > d.low and (d.num_gpus if over_gpu else d.num_cpus) > 0]
         if not movable:
-            lows = {d.name: d.low for d in demands}
-            low_cpus, low_gpus = _needs(demands, lows, spare_cpus)
-            raise CapacityError(
-                f"the Serve app needs {low_cpus:g} CPUs and {low_gpus:g} GPUs at its minimum replica counts "
-                f"({', '.join(f'{d.name} {d.low} x {d.num_cpus:g} CPU' for d in demands)}, plus {spare_cpus:g} CPU "
-                f"kept free to replace the ingress) but the cluster has {cpus:g} CPUs and {gpus:g} GPUs: lower "
-                "num_cpus or min_replicas, or give Ray more CPUs"
-            )
+            raise CapacityError(_too_small(demands, spare_cpus, cpus, gpus))
         key = (lambda d: d.num_gpus * (highs[d.name] - d.low)) if over_gpu else \
             (lambda d: d.num_cpus * (highs[d.name] - d.low))
         highs[max(movable, key=key).name] -= 1

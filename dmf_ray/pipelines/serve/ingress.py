@@ -15,9 +15,11 @@ row) while each Serve hop costs ~4 ms of CPU split between caller and callee. So
 encoders share one deployment, GPU encoders get one each, and fusion runs inside the ingress
 unless ``separate_fusion`` (a separate hop cost +7 ms at p50 for one-molecule requests).
 
-Parsing and JSON encoding run in one worker thread, so a large request never holds the event
-loop that every other request needs. A request cancelled (client gone, proxy timeout) or past
-``request_timeout_s`` cancels its backend calls, whose queued work is then dropped.
+Body decoding, parsing and JSON encoding run in one worker thread, so a large request never
+holds the event loop that every other request needs (and a body over the size bound derived
+from the limits is refused with 413 before it is read: ``limits.read_body_capped``). A request
+cancelled (client gone, proxy timeout) or past ``request_timeout_s`` cancels its backend calls
+(and a failed call its siblings), whose queued work is then dropped.
 
 No ``from __future__ import annotations`` here: Serve ships the ingress class to replicas by
 value, and FastAPI must resolve the route annotations there.
@@ -47,10 +49,10 @@ from dmf_ray.pipelines.serve.api import (ERROR_RESPONSES, EmbedRequest, EmbedRes
                                          ReconstructResponse)
 from dmf_ray.pipelines.serve.args import ServeArgs
 from dmf_ray.pipelines.serve.backends import FusionRunner
-from dmf_ray.pipelines.serve.calls import EncodeCall, FuseCall
+from dmf_ray.pipelines.serve.calls import EncodeCall, FuseCall, all_or_cancel
 from dmf_ray.pipelines.serve.errors import (HTTPError, body_schema, encode_items, install_handlers, json_response,
                                             read_body)
-from dmf_ray.pipelines.serve.limits import check_heavy_atoms, check_sizes
+from dmf_ray.pipelines.serve.limits import check_heavy_atoms, check_sizes, max_body_bytes, read_body_capped
 from dmf_ray.pipelines.serve.responses import Clock, describe_model, hidden_item
 
 logger = logging.getLogger("ray.serve")
@@ -110,7 +112,7 @@ class Ingress(FusionRunner):
     @api.post("/v1/embed", response_model=EmbedResponse, summary="fused embeddings, one item per input in order",
               openapi_extra=body_schema(EmbedRequest), responses=ERROR_RESPONSES)
     async def embed(self, request: Request) -> Response:
-        body = read_body(EmbedRequest, await request.body())
+        body = await self._read(EmbedRequest, request)
         use = self._choose(body.modalities)
         return await self._timed(self._embed(body.smiles, use, "gates" in body.return_,
                                              "reconstructions" in body.return_))
@@ -119,12 +121,18 @@ class Ingress(FusionRunner):
               summary="reconstruct hidden modalities from the visible ones and score them against the truth",
               openapi_extra=body_schema(ReconstructRequest), responses=ERROR_RESPONSES)
     async def reconstruct(self, request: Request) -> Response:
-        body = read_body(ReconstructRequest, await request.body())
+        body = await self._read(ReconstructRequest, request)
         visible = self._choose(body.modalities, drop=body.hide)
         hidden = [m for m in self.modalities if m in body.hide]
         return await self._timed(self._reconstruct(body.smiles, visible, hidden))
 
     # -- steps -------------------------------------------------------------------------------
+
+    async def _read(self, model, request: Request):
+        """The validated body: its size capped first (413), decoded in the CPU thread."""
+        raw = await read_body_capped(request, max_body_bytes(self.args.max_smiles_per_request,
+                                                             self.args.max_smiles_length))
+        return await self._in_thread(read_body, model, raw)
 
     def _choose(self, use: list[str] | None, drop: list[str] | None = None) -> list[str]:
         try:
@@ -193,8 +201,8 @@ class Ingress(FusionRunner):
     async def _encode(self, molecules: list[Molecule], modalities: list[str]) -> dict[str, EncodedBatch]:
         payload = [(m.mol_id, m.smiles, mol_to_bytes(m.mol)) for m in molecules]
         calls = [(name, [m for m in mods if m in modalities]) for name, mods in self.groups.items()]
-        parts = await asyncio.gather(*(self._call(self.encoders[name].encode, EncodeCall(payload, mods))
-                                       for name, mods in calls if mods))
+        parts = await all_or_cancel([self._call(self.encoders[name].encode, EncodeCall(payload, mods))
+                                     for name, mods in calls if mods])
         return {m: b for part in parts for m, b in part.items()}
 
     async def _probe(self) -> None:
@@ -227,7 +235,8 @@ class Ingress(FusionRunner):
             clock.lap("encode")
             fused = await self._fuse(FuseCall(batch.float32(), batch.present, gates, recon))
             clock.lap("fuse")
-        results = input_results(EncodedInputs(smiles, molecules, np.asarray(rows, np.int64), parse_errors, batch), fused)
+        inputs = EncodedInputs(smiles, molecules, np.asarray(rows, np.int64), parse_errors, batch)
+        results = input_results(inputs, fused, use)
         self._require_one_valid(results)
         response = await self._json(results)
         clock.lap("json")
@@ -247,7 +256,7 @@ class Ingress(FusionRunner):
             else:
                 fused, scores = await self._call(self.fusion.reconstruct_hidden, call, truth)
         inputs = EncodedInputs(smiles, molecules, np.asarray(rows, np.int64), parse_errors, batch)
-        results = input_results(inputs, replace(fused, reconstructions=None))
+        results = input_results(inputs, replace(fused, reconstructions=None), visible)
         for k, i in enumerate(rows):
             if results[i].get("error") is None:
                 results[i]["hidden"] = {

@@ -1,7 +1,9 @@
 """The size limits of one request, checked before any encoder work is queued.
 
-Each limit bounds the work one request can ask for: the count of SMILES (413), the length of
-each (422) and its heavy atoms (422). The heavy-atom count comes from RDKit's parser without
+Each limit bounds the work one request can ask for: the size of its body (413, from the
+Content-Length header before anything is read, else while reading, so a huge body is neither
+buffered nor decoded), the count of SMILES (413), the length of each (422) and its heavy atoms
+(422). The heavy-atom count comes from RDKit's parser without
 sanitization (~10x cheaper than the full parse that follows), so a huge molecule is refused
 before the Ingress spends time on it. Every 4xx names the index, the size and the limit.
 """
@@ -21,6 +23,32 @@ def heavy_atoms(smiles: str) -> int | None:
     with rdBase.BlockLogs():  # the full parse reports problems, per item
         mol = Chem.MolFromSmiles(smiles, sanitize=False)
     return None if mol is None else mol.GetNumHeavyAtoms()
+
+
+def max_body_bytes(max_smiles: int, max_length: int) -> int:
+    """The largest request body read, in bytes: ``max_smiles`` SMILES at ``max_length``
+    characters, each character at 2 bytes (JSON encoders may write ``/`` as ``\\/``) plus 16
+    bytes of quotes, comma and whitespace, and 64 KiB for the other fields."""
+    return max_smiles * (2 * max_length + 16) + 65536
+
+
+def _too_large(size: str, limit: int) -> HTTPError:
+    return HTTPError(413, f"request body of {size} bytes; the limit is {limit} bytes (from max_smiles_per_request "
+                          "and max_smiles_length): send fewer or shorter SMILES per request")
+
+
+async def read_body_capped(request, limit: int) -> bytes:
+    """The body of a Starlette ``request``, refused with HTTPError 413 when its Content-Length
+    header, or the bytes actually sent (a chunked body has no header), exceed ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(declared, limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(f"more than {limit}", limit)
+    return bytes(body)
 
 
 def check_sizes(smiles: Sequence[str], max_smiles: int, max_length: int) -> None:

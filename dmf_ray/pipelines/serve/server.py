@@ -63,14 +63,71 @@ def _start_ray(num_cpus: int | None) -> bool:
     return started
 
 
+def gpu_fallback(args: ServeArgs, attached: bool, cluster_gpus: float) -> ServeArgs:
+    """``args`` with ``gpu_encoders.num_gpus: 0`` when this process started a local Ray without
+    GPUs and the user set no GPU count: a GPU encoder's replica would wait forever for a GPU
+    this machine lacks, while neural encoders pick their device when they load, so they run on
+    the CPU instead (and ``builder.plan_encoders`` gives them CPU-sized steps).
+
+    Their replicas then reserve at most ``FALLBACK_CPUS`` logical CPUs: they share the cores
+    with the CPU encoders' replica whatever they reserve, and at the GPU default (1 CPU each) the
+    quickstart's model (fingerprints + ChemNet) could not be placed on a 2-CPU machine."""
+    if attached or args.gpu_encoders.num_gpus is not None or cluster_gpus:
+        return args
+    cpus = min(args.gpu_encoders.num_cpus, FALLBACK_CPUS)
+    return args.model_copy(update={"gpu_encoders": args.gpu_encoders.model_copy(update={"num_gpus": 0.0, "num_cpus": cpus})})
+
+
+FALLBACK_CPUS = 0.1  # logical CPUs of a GPU encoder's replica run on the CPU by gpu_fallback
+
+
 def _local_gpu_fallback(args: ServeArgs) -> ServeArgs:
     import ray
 
-    if os.environ.get("RAY_ADDRESS") or args.gpu_encoders.num_gpus is not None or ray.cluster_resources().get("GPU"):
-        return args
-    # A GPU encoder's replica would wait forever for a GPU this machine lacks; neural encoders
-    # pick their device when they load, so they run on the CPU instead.
-    return args.model_copy(update={"gpu_encoders": args.gpu_encoders.model_copy(update={"num_gpus": 0.0})})
+    attached = bool(os.environ.get("RAY_ADDRESS"))
+    return gpu_fallback(args, attached, 0.0 if attached else float(ray.cluster_resources().get("GPU", 0.0)))
+
+
+class AppNameTaken(ValueError):
+    """An app of this name already runs on the cluster's Serve (``dmf serve`` would replace it)."""
+
+
+def check_app_name(app_name: str, running_apps) -> None:
+    """Raise ``AppNameTaken`` (one line) when ``app_name`` is among the running Serve apps:
+    ``serve.run`` would silently replace that service, and this process's Ctrl-C delete it."""
+    if app_name in running_apps:
+        raise AppNameTaken(
+            f"a Serve app named {app_name!r} already runs on this Ray cluster's Serve; dmf serve "
+            "would replace it: stop that service first, or serve from another cluster")
+
+
+def served_url(host: str, port: int, serve_was_running: bool,
+               proxy: tuple[str, int] | None) -> tuple[str, str | None]:
+    """(the URL the service answers at, a note or None). Serve keeps the HTTP address it started
+    with, so on a Serve that already ran, a --host/--port asking for another is ignored: the URL
+    is the running proxy's (``proxy``: its (host, port), None if it could not be read), with a
+    note saying so."""
+    requested = f"http://{host}:{port}"
+    if not serve_was_running:
+        return requested, None
+    if proxy is None:
+        return requested, ("Serve already ran on this cluster and keeps its own HTTP address, which could not "
+                           "be read: --host/--port may have been ignored")
+    url = f"http://{proxy[0]}:{proxy[1]}"
+    if (proxy[0], int(proxy[1])) == (host, int(port)):
+        return url, None
+    return url, (f"--host {host} --port {port} ignored: Serve already ran on this cluster with its own HTTP "
+                 f"address ({proxy[0]}:{proxy[1]})")
+
+
+def _proxy_address() -> tuple[str, int] | None:
+    try:
+        from ray.serve import context
+
+        config = context._get_global_client().http_config  # no public accessor in Ray 2.60
+        return str(config.host), int(config.port)
+    except Exception:  # noqa: BLE001 - only the printed address depends on it
+        return None
 
 
 class StopRequested(BaseException):
@@ -110,7 +167,9 @@ class _StopSignals:
             pass
 
 
-def _stop(app_name: str, serve_was_running: bool, ray_started: bool) -> None:
+def _stop(app_name: str | None, serve_was_running: bool, ray_started: bool) -> None:
+    """Delete ``app_name`` (None: an app this process did not deploy, left alone), stop Serve
+    if this process started it, and the local Ray if it started it."""
     import ray
     from ray import serve
 
@@ -123,7 +182,7 @@ def _stop(app_name: str, serve_was_running: bool, ray_started: bool) -> None:
         # prints "graceful_shutdown failed ... killed by ray.kill"; a cluster we started goes
         # as a whole after the app's graceful delete, controller and proxies with it.
         if serve_was_running or ray_started:
-            if app_name in serve.status().applications:
+            if app_name is not None and app_name in serve.status().applications:
                 serve.delete(app_name)
         else:
             serve.shutdown()
@@ -159,7 +218,12 @@ def run_server(
     Blocking: runs until SIGINT / SIGTERM (also while starting), then deletes the app, stops
     Serve (if it started it) and the local Ray (if it started it), and returns. Non-blocking:
     returns once the app is up; the caller deletes it. Raises ValueError / FileNotFoundError
-    (one line) for a model that cannot be served, before Ray starts."""
+    (one line) for a model that cannot be served, before Ray starts.
+
+    On a cluster where Serve already runs: raises ``AppNameTaken`` (a ValueError, one line) if an
+    app named ``app_name`` runs there (nothing is replaced or deleted); otherwise deploys beside
+    the other apps, on Serve's existing HTTP address (printed and returned; a note says when
+    ``host``/``port`` differ from it), and on stop deletes only its own app."""
     from dmf_ray.artifact import read_model_config
     from dmf_ray.pipelines.serve.builder import encoder_groups
 
@@ -168,7 +232,8 @@ def run_server(
     encoder_groups(read_model_config(serve_args.model_dir))  # a bad model fails before Ray starts
     url = f"http://{host}:{port}"
     signals = _StopSignals() if blocking else None
-    state = {"ray_started": False, "serve_was_running": True}
+    # ``app``: the app name once this process may deploy it (None before: never delete another's).
+    state = {"ray_started": False, "serve_was_running": True, "app": None}
     try:
         if signals:
             signals.install()
@@ -181,8 +246,16 @@ def run_server(
             signals.install()  # ray.init replaced SIGTERM's handler
         from ray import serve
 
-        state["serve_was_running"] = bool(serve.status().proxies)
+        status = serve.status()
+        state["serve_was_running"] = bool(status.proxies)
+        if state["serve_was_running"]:
+            check_app_name(app_name, status.applications)
+        state["app"] = app_name
         _deploy(_local_gpu_fallback(serve_args), host, port, app_name)
+        url, note = served_url(host, port, state["serve_was_running"],
+                               _proxy_address() if state["serve_was_running"] else None)
+        if note:
+            print(note, flush=True)
         print(f"serving {serve_args.model_dir} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
         if not blocking:
             return url
@@ -190,9 +263,9 @@ def run_server(
     except StopRequested:
         pass
     except BaseException:
-        _stop(app_name, state["serve_was_running"], state["ray_started"])
+        _stop(state["app"], state["serve_was_running"], state["ray_started"])
         raise
     signals.ignore()
     print("stopping the service ...", flush=True)
-    _stop(app_name, state["serve_was_running"], state["ray_started"])
+    _stop(state["app"], state["serve_was_running"], state["ray_started"])
     return url

@@ -64,6 +64,19 @@ class TrainingCheck:
     fingerprint: dict
     status: OutStatus  # "complete" (nothing to do), "resume" or "fresh"
 
+    def fusion_config(self) -> FusionConfig:
+        """The model's config: the store's modalities and dims, each modality's value kind as its
+        encoder declares it, the settings of ``config.model``."""
+        return FusionConfig.build(self.names, self.dims, self.config.model, value_kinds(self.store, self.names))
+
+
+def value_kinds(store, names: list[str]) -> list[str]:
+    """Each modality's value kind (binary, count, continuous) from the store's encoder specs
+    (``encoders.base.value_kind_of``: stores written before the field use the encoder's own)."""
+    from dmf_ray.encoders.base import value_kind_of
+
+    return [value_kind_of(store.modalities[n]) for n in names]
+
 
 def _resolve_modalities(store, requested: list[str] | None) -> list[str]:
     available = list(store.modalities)
@@ -87,7 +100,7 @@ def check_training(config: TrainConfig, log: Callable[[str], None] = print) -> T
     store = EmbeddingStore.open(config.store)
     names = _resolve_modalities(store, config.modalities)
     dims = [int(store.modalities[n]["dim"]) for n in names]
-    FusionConfig.build(names, dims, config.model)  # validated before any Ray work
+    FusionConfig.build(names, dims, config.model, value_kinds(store, names))  # validated before any Ray work
     fp = fingerprint(config, store, names)
     destination = destination_of(config, log)
     status: OutStatus = "fresh" if config.fresh else out_status(destination.local, fp)
@@ -166,7 +179,7 @@ def _worker_plan(check: TrainingCheck, data: TrainingData, workers: int, threads
     run_dir = Path(absolute(str(out / TRAIN_DIR)))  # always local: run.json, test markers, local mode
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
     return WorkerPlan(
-        fusion=FusionConfig.build(check.names, check.dims, config.model),
+        fusion=check.fusion_config(),
         stats={n: (m.tolist(), s.tolist()) for n, (m, s) in normalization_stats(data.moments).items()},
         schedule=config.masking,
         epochs=config.epochs,

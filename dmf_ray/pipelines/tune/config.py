@@ -8,14 +8,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dmf_ray.model.validation import ConfigModel
 
 TUNE_DIR = "_tune"
 TUNE_FILE = "tune.json"
 SEARCH_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
-METRICS = {"val/loss": "min", "val/cos_mean": "max"}
+DOWNSTREAM_METRIC = "downstream/roc_auc"
+METRICS = {"val/loss": "min", "val/cos_mean": "max", DOWNSTREAM_METRIC: "max"}
 # Set by tune itself (per trial or from its own fields), or only change how a trial is computed.
 NOT_SEARCHABLE = frozenset({"store", "out", "fresh", "storage_path", "epochs", "workers", "use_gpu", "cpus_per_worker",
                             "torch_threads", "max_failures", "worker_cache_mb", "data_loading"})
@@ -98,8 +99,16 @@ class TuneConfig(ConfigModel):
     epochs: int = Field(10, ge=1, strict=True, description="epochs of a trial that is not stopped (ASHA's max_t)")
     num_samples: int = Field(4, ge=1, strict=True,
                              description="trials drawn from the search (each grid point is run this many times)")
-    metric: Literal["val/loss", "val/cos_mean"] = Field(
-        "val/loss", description="objective: val/loss (minimised) or val/cos_mean (maximised), on the validation split")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="a downstream objective task, NAME=SOURCE or SOURCE (repeatable): a folder with train/valid/test "
+                    "CSVs or one CSV (scaffold-split), binary labels; every epoch of every trial, a logistic regression "
+                    "on the trial's fused vectors is fitted on its train split and scored on its valid split "
+                    f"({DOWNSTREAM_METRIC}: the mean valid ROC-AUC over tasks); its test split is never read")
+    metric: Literal["val/loss", "val/cos_mean", "downstream/roc_auc"] = Field(
+        "val/loss", description="objective, on validation data: val/loss (minimised), val/cos_mean or "
+                                f"{DOWNSTREAM_METRIC} (maximised; needs --task); default: {DOWNSTREAM_METRIC} when "
+                                "a task is given, else val/loss")
     grace_period: int = Field(1, ge=1, strict=True, description="epochs every trial runs before ASHA may stop it")
     reduction_factor: float = Field(2.0, gt=1, strict=True, allow_inf_nan=False,
                                     description="ASHA keeps the best 1/reduction_factor of trials at each rung")
@@ -112,6 +121,18 @@ class TuneConfig(ConfigModel):
     @classmethod
     def _items(cls, value: Any) -> Any:
         return _as_items(value)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_metric(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "metric" not in data:
+            return {**data, "metric": _default_metric(data)}
+        return data
 
     @classmethod
     def cross_problems(cls, data: Mapping[str, Any]) -> list[str]:
@@ -135,7 +156,10 @@ class TuneConfig(ConfigModel):
                 problems.append(f"settings {key}: use tune's own {key} field")
             elif key in paths:
                 problems.append(f"settings {key}: also searched")
-        if data.get("metric", "val/loss") == "val/loss" and any(p.endswith("_weight") for p in paths):
+        metric = data.get("metric", _default_metric(data))
+        if metric == DOWNSTREAM_METRIC and not data.get("tasks"):
+            problems.append(f"metric: {DOWNSTREAM_METRIC} needs at least one task (--task NAME=FOLDER)")
+        if metric == "val/loss" and any(p.endswith("_weight") for p in paths):
             problems.append("metric: val/loss depends on the loss weights being searched; use val/cos_mean")
         if isinstance(data.get("out"), str) and "://" in data["out"]:
             problems.append(f"out: must be a local directory, got {data['out']!r}")
@@ -153,6 +177,10 @@ class TuneConfig(ConfigModel):
         return nested
 
 
+def _default_metric(data: Mapping[str, Any]) -> str:
+    return DOWNSTREAM_METRIC if data.get("tasks") else "val/loss"
+
+
 def set_path(nested: dict[str, Any], path: str, value: Any) -> None:
     """nested['model']['latent_dim'] = value for path 'model.latent_dim'."""
     *parents, leaf = path.split(".")
@@ -165,11 +193,15 @@ def set_path(nested: dict[str, Any], path: str, value: Any) -> None:
 class TrainingEntry:
     """The train workflow as tune uses it, handed in by the caller (see the module doc):
     ``config_class`` TrainConfig; ``train(config, log=..., callbacks=[...])`` returning an object
-    with ``model_dir``; ``check(config, log)`` raising ValueError for a store or modality problem."""
+    with ``model_dir``; ``check(config, log)`` raising ValueError for a store or modality problem
+    and returning an object with ``names``, ``dims`` and ``store.modalities`` (encoder specs).
+    The downstream objective (``tasks``) also needs ``check`` and ``load_checkpoint(directory,
+    device)`` -> ``(weights, optimizer, state)``, to score each epoch's checkpoint."""
 
     config_class: type
     train: Callable[..., Any]
     check: Callable[..., Any] | None = None
+    load_checkpoint: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -183,6 +215,7 @@ class TrialRecord:
     seconds: float | None  # wall time of the trial (Tune's time_total_s)
     error: str | None = None
     model_dir: str | None = None
+    final: dict[str, float | None] = field(default_factory=dict)  # the last report's objective-like metrics
 
 
 @dataclass
@@ -194,3 +227,4 @@ class TuneResult:
     mode: str = "min"
     seconds: float = 0.0
     summary_file: str = ""
+    objective: dict[str, Any] | None = None  # the downstream objective's record (tasks, learner, splits read)

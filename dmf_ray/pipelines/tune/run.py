@@ -9,15 +9,16 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from dmf_ray.files import atomic_write
-from dmf_ray.pipelines.tune.config import (METRICS, TUNE_DIR, TUNE_FILE, SearchDim, TrainingEntry, TrialRecord,
-                                           TuneConfig, TuneResult, set_path)
+from dmf_ray.pipelines.tune.config import (METRICS, TUNE_DIR, TUNE_FILE, SearchDim, TrainingEntry,
+                                           TrialRecord, TuneConfig, TuneResult, set_path)
+from dmf_ray.pipelines.tune.objective import TaskEntry, load_objective_tasks, prepare_objective
 
 
 @dataclass
@@ -29,6 +30,8 @@ class TunePlan:
     dims: list[SearchDim]
     mode: str
     out: Path
+    tasks: list[Any] = field(default_factory=list)  # the objective tasks, loaded (objective.TaskEntry.load_task)
+    specs: dict[str, dict] = field(default_factory=dict)  # encoder spec of every modality a trial may train on
 
 
 def _candidates(dim: SearchDim) -> list[Any]:
@@ -61,27 +64,57 @@ def _settings_problems(config: TuneConfig, training: TrainingEntry, base: dict[s
     return problems
 
 
-def check_tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str], None] = print) -> TunePlan:
+def _objective_specs(check: Any, dims: list[SearchDim]) -> dict[str, dict]:
+    """Encoder specs (from the store) of the modalities any trial may train on: the checked
+    config's, plus every store modality a searched ``modalities`` may pick."""
+    stored = check.store.modalities
+    names = list(check.names)
+    for dim in dims:
+        if dim.path == "modalities":
+            for value in _candidates(dim):
+                picked = value if isinstance(value, (list, tuple)) else str(value).split(",")
+                names += [n for n in picked if n in stored and n not in names]
+    return {n: dict(stored[n]) for n in names}
+
+
+def _entries_problems(config: TuneConfig, training: TrainingEntry, tasks: TaskEntry | None) -> list[str]:
+    if not config.tasks:
+        return []
+    missing = [what for what, given in (("a TaskEntry (tasks=)", tasks), ("TrainingEntry.check", training.check),
+                                        ("TrainingEntry.load_checkpoint", training.load_checkpoint)) if given is None]
+    return [f"tasks: the downstream objective needs {', '.join(missing)} from the caller"] if missing else []
+
+
+def check_tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str], None] = print,
+               tasks: TaskEntry | None = None) -> TunePlan:
     """Everything that needs no cluster: the fixed and searched settings are valid TrainConfigs
-    at every end of the search, the store has the modalities (at least two: with one, nothing is
-    masked and the objective is undefined), and ``out`` holds nothing else unless ``fresh``.
-    Changes nothing. Raises ValueError naming every problem."""
+    at every end of the search, the objective tasks load and can be scored (``tasks``: the
+    evaluate workflow's pieces, needed when ``config.tasks`` names any), the store has the
+    modalities (at least two: with one, nothing is masked and the objective is undefined), and
+    ``out`` holds nothing else unless ``fresh``. Reads files, changes nothing. Raises ValueError
+    naming every problem."""
     out = Path(config.out).expanduser().absolute()
     base = config.fixed()
     base.update(store=config.store, epochs=config.epochs)
     dims = config.dims()
     probe_out = str(out / TUNE_DIR / "check")
-    problems = _settings_problems(config, training, base, dims, probe_out)
+    problems = _settings_problems(config, training, base, dims, probe_out) + _entries_problems(config, training, tasks)
+    loaded: list[Any] = []
+    if config.tasks and tasks is not None:
+        loaded, task_problems = load_objective_tasks(config.tasks, tasks)
+        problems += task_problems
     if problems:
         raise ValueError("invalid tune search:\n  - " + "\n  - ".join(problems))
+    specs: dict[str, dict] = {}
     if training.check is not None:
         check = training.check(training.config_class(**base, out=probe_out, fresh=True), log)
         names = getattr(check, "names", None)
         if names is not None and len(names) < 2:
             raise ValueError(f"tune needs at least two modalities (the objective is leave-one-out), got {names}")
+        specs = _objective_specs(check, dims) if loaded else {}
     if out.exists() and any(out.iterdir()) and not config.fresh:
         raise ValueError(f"out {out} is not empty (pass --overwrite (fresh=True from Python) to discard it and search again)")
-    return TunePlan(base, dims, METRICS[config.metric], out)
+    return TunePlan(base, dims, METRICS[config.metric], out, loaded, specs)
 
 
 def _distribution(dim: SearchDim):
@@ -94,9 +127,12 @@ def _distribution(dim: SearchDim):
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[dim.kind](*dim.args)
 
 
-def run_trial(params: dict[str, Any], *, base: dict[str, Any], training: TrainingEntry, trials_dir: str) -> None:
+def run_trial(params: dict[str, Any], *, base: dict[str, Any], training: TrainingEntry, trials_dir: str,
+              objective: list | None = None) -> None:
     """One Tune trial (runs in a Tune trial actor): one train() call with the trial's settings,
-    each epoch's metrics forwarded to Tune by Ray Train's TuneReportCallback."""
+    each epoch's metrics forwarded to Tune by Ray Train's TuneReportCallback, with the downstream
+    scores of the epoch's checkpoint added when the search has objective tasks (``objective``:
+    ``[ObjectRef of objective.ObjectiveData]``)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -105,8 +141,21 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], training: Trainin
     for path, value in params.items():
         set_path(settings, path, value)
     config = training.config_class(**settings, out=str(Path(trials_dir) / trial_id), fresh=True)
-    training.train(config, log=lambda line: print(f"[dmf tune {trial_id}] {line}", flush=True),
-                   callbacks=[TuneReportCallback()])
+
+    def log(line: str) -> None:
+        print(f"[dmf tune {trial_id}] {line}", flush=True)
+
+    callback = TuneReportCallback()
+    if objective is not None:
+        from dmf_ray.model import FusionConfig
+        from dmf_ray.pipelines.tune.report import DownstreamReport
+
+        # The trial's model as train() builds it (the core's FusionConfig.build over the checked
+        # store modalities), to load each epoch's checkpoint into.
+        check = training.check(config, lambda line: None)
+        fusion = FusionConfig.build(check.names, check.dims, config.model)
+        callback = DownstreamReport(objective, fusion, training.load_checkpoint, log)
+    training.train(config, log=log, callbacks=[callback])
 
 
 TRIAL_CPUS = 0.01
@@ -151,13 +200,13 @@ def _make_cleanup(before: set[str]):
     return _FreeStoppedTrials()
 
 
-def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry):
+def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry, objective: list | None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     trainable = tune.with_parameters(run_trial, base=plan.base, training=training,
-                                     trials_dir=str(plan.out / TUNE_DIR / "trials"))
+                                     trials_dir=str(plan.out / TUNE_DIR / "trials"), objective=objective)
     # The trial function only waits on its Ray Train run, whose workers hold the CPUs: it takes a
     # token share (with 1 CPU each, a 2-CPU machine could never start a trial's worker; Tune
     # refuses a request of 0).
@@ -198,11 +247,14 @@ def _record(result, config: TuneConfig, plan: TunePlan) -> TrialRecord:
     error = f"{type(result.error).__name__}: {result.error}" if result.error else None
     model_dir = plan.out / TUNE_DIR / "trials" / trial_id
     complete = len(history) >= config.epochs and error is None and (model_dir / "config.json").exists()
+    last = result.metrics or {}
+    final = {k: _number(v) for k, v in last.items() if k in METRICS or k.startswith("downstream/")}
+    # Stopped by ASHA: fewer epochs, or cut at a rung on its last epoch (before train() wrote its model).
     return TrialRecord(trial_id=trial_id, params=params, epochs_run=len(history),
-                       stopped_early=error is None and len(history) < config.epochs,
+                       stopped_early=error is None and not complete,
                        metric=history[-1] if history else None, history=history,
-                       seconds=_number((result.metrics or {}).get("time_total_s")), error=error,
-                       model_dir=str(model_dir) if complete else None)
+                       seconds=_number(last.get("time_total_s")), error=error,
+                       model_dir=str(model_dir) if complete else None, final=final)
 
 
 def _best(records: list[TrialRecord], mode: str) -> TrialRecord:
@@ -224,32 +276,40 @@ def _publish(best: TrialRecord, out: Path) -> None:
 def _summary(config: TuneConfig, plan: TunePlan, result: TuneResult) -> dict[str, Any]:
     return {"metric": config.metric, "mode": plan.mode, "epochs": config.epochs, "search": config.search,
             "settings": config.settings, "num_samples": config.num_samples, "grace_period": config.grace_period,
-            "reduction_factor": config.reduction_factor, "best": result.best.trial_id,
-            "seconds": result.seconds, "trials": [asdict(r) for r in result.trials]}
+            "reduction_factor": config.reduction_factor, "tasks": config.tasks, "objective": result.objective,
+            "best": result.best.trial_id, "seconds": result.seconds, "trials": [asdict(r) for r in result.trials]}
 
 
-def tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str], None] = print) -> TuneResult:
+def tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str], None] = print,
+         tasks: TaskEntry | None = None) -> TuneResult:
     """Search, then write the best trial's model to ``config.out``; see the package doc.
 
-    Starts a local Ray if none is connected (after check_tune). Raises ValueError for bad
-    settings, a bad store or a non-empty out, and RuntimeError when no trial finished."""
+    ``tasks``: the evaluate workflow's pieces (objective.TaskEntry), needed when ``config.tasks``
+    names objective tasks; their train and valid molecules are encoded once, here, before the
+    first trial. Starts a local Ray if none is connected (after check_tune). Raises ValueError for
+    bad settings or tasks, a bad store or a non-empty out, and RuntimeError when no trial finished."""
+    import ray
+
     from dmf_ray.runtime import ensure_ray
 
     started = time.time()
-    plan = check_tune(config, training, log)
+    plan = check_tune(config, training, log, tasks)
     if config.fresh and plan.out.exists():
         shutil.rmtree(plan.out)
     plan.out.mkdir(parents=True, exist_ok=True)
+    data = prepare_objective(plan.tasks, plan.specs, tasks, log) if plan.tasks else None
     ensure_ray(dashboard=True)  # Ray Train's placement-group cleaner asks the dashboard (see runtime)
     log(f"tune: {config.num_samples} sample(s) of {', '.join(d.path for d in plan.dims)}; objective {config.metric} "
         f"({plan.mode}); ASHA grace {config.grace_period}, reduction {config.reduction_factor:g}, max {config.epochs} "
         f"epochs; {config.max_concurrent_trials} trial(s) at once")
-    grid = _tuner(config, plan, training).fit()
+    # In the object store once for every trial; the list keeps the reference a reference (see report).
+    objective = [ray.put(data)] if data is not None else None
+    grid = _tuner(config, plan, training, objective).fit()
     records = [_record(r, config, plan) for r in grid]
     best = _best(records, plan.mode)
     _publish(best, plan.out)
     result = TuneResult(str(plan.out), best, records, config.metric, plan.mode, time.time() - started,
-                        str(plan.out / TUNE_FILE))
+                        str(plan.out / TUNE_FILE), data.describe() if data is not None else None)
     text = json.dumps(_summary(config, plan, result), indent=2)
     atomic_write(pafs.LocalFileSystem(), str(plan.out / TUNE_FILE), lambda p: Path(p).write_text(text, encoding="utf-8"))
     for r in records:
@@ -257,4 +317,7 @@ def tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str], None]
         log(f"  trial {r.trial_id} {r.params}: {state} after {r.epochs_run} epoch(s), {config.metric} "
             f"{r.metric if r.metric is None else f'{r.metric:.4f}'}")
     log(f"best trial {best.trial_id} {best.params}: {config.metric} {best.metric:.4f}; model written to {plan.out}")
+    if data is not None:
+        log(f"note: the valid splits of {', '.join(t.name for t in data.tasks)} chose this model, so its valid figures "
+            "on them are optimistic; their test splits were never read")
     return result
