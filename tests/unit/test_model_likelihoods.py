@@ -15,10 +15,9 @@ from dmf_ray.artifact import load_fusion_model, save_fusion_model
 from dmf_ray.encoders.base import VALUE_KINDS as ENCODER_VALUE_KINDS
 from dmf_ray.encoders.base import EncoderSpec, create_encoder, value_kind_of
 from dmf_ray.inference import fuse_arrays
-from dmf_ray.model import (VALUE_KINDS, DynamicFusion, FusionConfig, array_moments, fusion_losses, mean_cosine,
-                           normalization_stats, reconstruction_cosine)
+from dmf_ray.model import VALUE_KINDS, DynamicFusion, FusionConfig, array_moments, fusion_losses, normalization_stats
 from dmf_ray.model.likelihoods import baseline, element_loss, mean_output, to_raw
-from dmf_ray.pipelines.train.step import validation_sums
+from reconstruction_check import assert_training_log_matches_served
 
 NAMES = ["bits", "counts", "desc"]
 DIMS = [12, 10, 4]
@@ -169,14 +168,7 @@ def test_training_log_server_and_evaluate_agree_for_bits_and_counts():
     """The check of test_model_metrics for a model that reconstructs with logits and log-rates."""
     values, present = _data()
     model = _model(values, present)
-    sums = validation_sums(model, _inputs(values), torch.as_tensor(present))
-    for j, m in enumerate(NAMES):
-        rows = np.flatnonzero(present[:, j] & (np.delete(present, j, axis=1).any(1)))
-        visible = present[rows].copy()
-        visible[:, j] = False
-        out = fuse_arrays(model, {x: values[x][rows] for x in NAMES}, visible, with_reconstructions=True)
-        served = reconstruction_cosine(model, m, out.reconstructions[j], values[m][rows])
-        assert float(sums["cos"][j]) / len(rows) == pytest.approx(mean_cosine(served.normalized), abs=1e-6)
+    assert_training_log_matches_served(model, _inputs(values), values, present, NAMES)
 
 
 def test_encoders_declare_their_value_kind():

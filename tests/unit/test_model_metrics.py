@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from dmf_ray.inference import fuse_arrays
 from dmf_ray.model import (DynamicFusion, FusionConfig, array_moments, mean_cosine, normalization_stats,
                            reconstruction_cosine, row_cosine)
-from dmf_ray.pipelines.train.step import validation_sums
+from reconstruction_check import assert_training_log_matches_served
 
 NAMES = ["a", "b", "c"]
 DIMS = [6, 8, 5]
@@ -84,12 +83,4 @@ def test_training_log_server_and_evaluate_report_the_same_cosine():
     model = _model(values, present)
     model.train()  # validation_sums and fuse_arrays must both switch dropout off
     inputs = [torch.as_tensor(values[m]) for m in NAMES]
-    sums = validation_sums(model, inputs, torch.as_tensor(present))
-    for j, m in enumerate(NAMES):
-        rows = np.flatnonzero(present[:, j] & (np.delete(present, j, axis=1).any(1)))
-        visible = present[rows].copy()
-        visible[:, j] = False
-        out = fuse_arrays(model, {x: values[x][rows] for x in NAMES}, visible, with_reconstructions=True)
-        served = reconstruction_cosine(model, m, out.reconstructions[j], values[m][rows])
-        assert float(sums["cos_n"][j]) == len(rows)
-        assert float(sums["cos"][j]) / len(rows) == pytest.approx(mean_cosine(served.normalized), abs=1e-6)
+    assert_training_log_matches_served(model, inputs, values, present, NAMES)
