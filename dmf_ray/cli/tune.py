@@ -29,13 +29,14 @@ def entries():
     import each other (issue 12)."""
     from dmf_ray.pipelines.evaluate.downstream import fit_and_score
     from dmf_ray.pipelines.evaluate.features import featurize_smiles
+    from dmf_ray.pipelines.evaluate.config import TaskSpec
     from dmf_ray.pipelines.evaluate.tasks import load_task
     from dmf_ray.pipelines.train import TrainConfig, check_training, train
     from dmf_ray.pipelines.train.checkpoints import load_checkpoint
     from dmf_ray.pipelines.tune import TaskEntry, TrainingEntry
 
     return (TrainingEntry(TrainConfig, train, check_training, load_checkpoint),
-            TaskEntry(load_task, featurize_smiles, fit_and_score))
+            TaskEntry(load_task, featurize_smiles, fit_and_score, TaskSpec.parse))
 
 
 def run_tune(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dmf_ray.cli.tune import entries
-from dmf_ray.pipelines.tune import (DOWNSTREAM_METRIC, TuneConfig, check_tune, objective_scores, parse_task,
+from dmf_ray.pipelines.tune import (DOWNSTREAM_METRIC, TuneConfig, check_tune, objective_scores,
                                     prepare_objective)
 
 TRAINING, TASKS = entries()
@@ -52,12 +52,17 @@ def test_metric_follows_the_tasks():
         TuneConfig(store="s", out="o", search=["lr=grid:0.1,0.2"], metric=DOWNSTREAM_METRIC)
 
 
-def test_parse_task():
-    assert parse_task("bbbp=/data/moleculenet/bbbp") == ("bbbp", "/data/moleculenet/bbbp")
-    assert parse_task("/data/moleculenet/bbbp/") == ("bbbp", "/data/moleculenet/bbbp/")
-    assert parse_task("/data/mine.csv.gz") == ("mine", "/data/mine.csv.gz")
-    with pytest.raises(ValueError, match="NAME=SOURCE"):
-        parse_task("x=")
+def test_tasks_are_named_as_dmf_evaluate_names_them():
+    """tune reads --task with evaluate's own grammar (TaskSpec.parse, handed in by the CLI)."""
+    def parsed(text):
+        spec = TASKS.parse_task(text)
+        return spec.name, spec.source
+
+    assert parsed("bbbp=/data/moleculenet/bbbp") == ("bbbp", "/data/moleculenet/bbbp")
+    assert parsed("/data/moleculenet/bbbp/") == ("bbbp", "/data/moleculenet/bbbp/")
+    assert parsed("/data/mine.csv.gz") == ("mine", "/data/mine.csv.gz")
+    with pytest.raises(ValueError, match="give one path"):
+        parsed("x=")
 
 
 def test_bad_tasks_are_refused_before_ray_every_problem_at_once(store, tmp_path):

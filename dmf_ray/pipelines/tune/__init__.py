@@ -37,6 +37,7 @@ handed in as a ``TaskEntry``, and the tasks' molecules are encoded once per sear
 
     from dmf_ray.pipelines.evaluate.downstream import fit_and_score
     from dmf_ray.pipelines.evaluate.features import featurize_smiles
+    from dmf_ray.pipelines.evaluate.config import TaskSpec
     from dmf_ray.pipelines.evaluate.tasks import load_task
     from dmf_ray.pipelines.train.checkpoints import load_checkpoint
     from dmf_ray.pipelines.tune import TaskEntry
@@ -44,7 +45,7 @@ handed in as a ``TaskEntry``, and the tasks' molecules are encoded once per sear
     tune(TuneConfig(store="./store", out="./tuned", search=["lr=loguniform:1e-4:1e-2"],
                     tasks=["bbbp=/data/moleculenet/bbbp"]),
          TrainingEntry(TrainConfig, train, check_training, load_checkpoint),
-         tasks=TaskEntry(load_task, featurize_smiles, fit_and_score))
+         tasks=TaskEntry(load_task, featurize_smiles, fit_and_score, TaskSpec.parse))
 
 Those tasks' test splits are never read; their valid splits choose the model, so valid figures
 on them are optimistic. The loss depends on the loss weights, so a search over
@@ -54,11 +55,11 @@ on them are optimistic. The loss depends on the loss weights, so a search over
 from dmf_ray.pipelines.tune.config import (METRICS, SEARCH_KINDS, SearchDim, TrainingEntry, TrialRecord, TuneConfig,
                                            TuneResult, parse_search, parse_value, set_path)
 from dmf_ray.pipelines.tune.config import DOWNSTREAM_METRIC, TUNE_DIR, TUNE_FILE
-from dmf_ray.pipelines.tune.objective import (LEARNER, ObjectiveData, TaskEntry, objective_scores, parse_task,
+from dmf_ray.pipelines.tune.objective import (LEARNER, ObjectiveData, TaskEntry, objective_scores,
                                               prepare_objective)
 from dmf_ray.pipelines.tune.run import TunePlan, check_tune, tune
 
 __all__ = ["DOWNSTREAM_METRIC", "LEARNER", "METRICS", "SEARCH_KINDS", "TUNE_DIR", "TUNE_FILE", "ObjectiveData",
            "SearchDim", "TaskEntry", "TrainingEntry", "TrialRecord", "TuneConfig", "TunePlan", "TuneResult",
-           "check_tune", "objective_scores", "parse_search", "parse_task", "parse_value", "prepare_objective",
+           "check_tune", "objective_scores", "parse_search", "parse_value", "prepare_objective",
            "set_path", "tune"]

@@ -47,6 +47,9 @@ class TaskEntry:
     """The evaluate workflow's pieces as the downstream objective uses them, handed in by the caller
     (dmf_ray.cli.tune wires dmf_ray.pipelines.evaluate's public functions):
 
+    ``parse_task(text)`` -> a spec with ``name`` and ``source`` from ``[NAME=]PATH`` or
+    ``[NAME=]TRAIN,VALID,TEST`` (evaluate's ``TaskSpec.parse``: the same grammar as ``dmf
+    evaluate --task``), raising ValueError;
     ``load_task(source, name=...)`` -> a task with ``kind``, ``label_names``, ``smiles[split]``
     (list of str) and ``labels[split]`` (float64 ``[n, T]``, NaN missing), raising ValueError or
     FileNotFoundError; ``featurize(smiles, specs, log=...)`` -> features with ``batch`` (a
@@ -57,20 +60,7 @@ class TaskEntry:
     load_task: Callable[..., Any]
     featurize: Callable[..., Any]
     fit_and_score: Callable[..., Any]
-
-
-def parse_task(item: str) -> tuple[str, str]:
-    """'bbbp=/data/bbbp' -> ('bbbp', '/data/bbbp'); a bare source is named after its last path
-    part without extensions ('/data/bbbp.csv' -> 'bbbp'). ValueError for an empty part."""
-    text = str(item).strip()
-    name, sep, source = text.partition("=")
-    if not sep:
-        source = text
-        name = source.rstrip("/").rsplit("/", 1)[-1].split(".")[0]
-    name, source = name.strip(), source.strip()
-    if not name or not source:
-        raise ValueError(f"task: expected NAME=SOURCE or SOURCE, got {item!r}")
-    return name, source
+    parse_task: Callable[[str], Any]
 
 
 def load_objective_tasks(items: Sequence[str], entry: TaskEntry) -> tuple[list[Any], list[str]]:
@@ -79,8 +69,9 @@ def load_objective_tasks(items: Sequence[str], entry: TaskEntry) -> tuple[list[A
     tasks, problems = [], []
     for item in items:
         try:
-            name, source = parse_task(item)
-            task = entry.load_task(source, name=name)
+            spec = entry.parse_task(str(item))
+            name = spec.name
+            task = entry.load_task(spec.source, name=name)
         except (ValueError, FileNotFoundError) as exc:
             problems.append(f"task {item}: {exc}")
             continue
