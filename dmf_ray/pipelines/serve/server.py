@@ -63,6 +63,9 @@ def _start_ray(num_cpus: int | None) -> bool:
     return started
 
 
+FALLBACK_CPUS = 0.1  # logical CPUs of a GPU encoder's replica run on the CPU by gpu_fallback
+
+
 def gpu_fallback(args: ServeArgs, attached: bool, cluster_gpus: float) -> ServeArgs:
     """``args`` with ``gpu_encoders.num_gpus: 0`` when this process started a local Ray without
     GPUs and the user set no GPU count: a GPU encoder's replica would wait forever for a GPU
@@ -76,9 +79,6 @@ def gpu_fallback(args: ServeArgs, attached: bool, cluster_gpus: float) -> ServeA
         return args
     cpus = min(args.gpu_encoders.num_cpus, FALLBACK_CPUS)
     return args.model_copy(update={"gpu_encoders": args.gpu_encoders.model_copy(update={"num_gpus": 0.0, "num_cpus": cpus})})
-
-
-FALLBACK_CPUS = 0.1  # logical CPUs of a GPU encoder's replica run on the CPU by gpu_fallback
 
 
 def _local_gpu_fallback(args: ServeArgs) -> ServeArgs:
