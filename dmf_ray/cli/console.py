@@ -117,6 +117,11 @@ class Step:
     def __init__(self, progress: Any = None, task: Any = None):
         self._progress, self._task = progress, task
 
+    @property
+    def live(self) -> bool:
+        """Whether a bar is shown (a terminal, without --verbose)."""
+        return self._progress is not None
+
     def update(self, done: float, total: float | None = None) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=done, total=total)
@@ -145,8 +150,10 @@ def step(description: str) -> Iterator[Step]:
 
 
 def with_progress(function: Callable[..., Any], bar: Step, *args: Any, **kwargs: Any) -> Any:
-    """Call a workflow, handing it ``progress=bar.update`` if it takes a progress callback."""
-    if "progress" in inspect.signature(function).parameters:
+    """Call a workflow, handing it ``progress=bar.update`` if it takes a progress callback and
+    the bar is shown: without one, the workflow skips the work done only for the display (featurize
+    and embed count the input rows by reading the files a second time)."""
+    if bar.live and "progress" in inspect.signature(function).parameters:
         kwargs["progress"] = bar.update
     return function(*args, **kwargs)
 
@@ -173,7 +180,7 @@ def own_process(yes: bool) -> None:
 def follow(bar: Step, measure: Callable[[], float], total: float | None, every_s: float = 1.0) -> Iterator[None]:
     """Move ``bar`` to ``measure()`` every ``every_s`` seconds while the block runs: progress of
     a workflow that reports it only in its files (e.g. one metrics line per training epoch)."""
-    if bar._progress is None:
+    if not bar.live:
         yield
         return
     import threading

@@ -42,6 +42,7 @@ def recorded_bar(monkeypatch) -> ProgressRecorder:
     """What the workflow reports to ``dmf``'s progress bar (shown only on a terminal)."""
     progress = ProgressRecorder()
     monkeypatch.setattr(console.Step, "update", lambda self, done, total=None: progress(done, total))
+    monkeypatch.setattr(console.Step, "live", property(lambda self: True))  # as on a terminal
     return progress
 
 

@@ -91,6 +91,7 @@ def test_full_evaluation_writes_every_output(setup, capsys, monkeypatch):
     out = root / "report"
     progress = ProgressRecorder()  # what evaluate reports to dmf's progress bar (shown on a terminal)
     monkeypatch.setattr(console.Step, "update", lambda self, done, total=None: progress(done, total))
+    monkeypatch.setattr(console.Step, "live", property(lambda self: True))  # as on a terminal
     # The paper-protocol table (extra XGBoost fits) is covered by test_leaked_rows_and_the_auto_learner.
     assert _run_job("--model", model_dir, "--task", f"bace={bace}", "--out", str(out), "--seeds", "2",
                     "--no-paper-protocol") == 0

@@ -239,3 +239,16 @@ def test_train_flags_build_the_nested_train_config():
     assert (nested.masking.steps, nested.model.std_floor, nested.model.entropy_weight) == (3, 1e-4, 0.0)
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--store", "st", "--out", "m", "--mask-kind", "zigzag"])
+
+
+def test_a_workflow_gets_a_progress_callback_only_when_a_bar_is_shown():
+    """Without a bar (output redirected, --verbose) no callback is handed over, so featurize and
+    embed do not read their input files a second time just to count rows for a display."""
+    from dmf_ray.cli import console
+
+    def workflow(progress=None):
+        return progress
+
+    assert console.with_progress(workflow, console.Step()) is None
+    shown = console.Step(object(), 0)  # any progress display: only its presence matters here
+    assert console.with_progress(workflow, shown) == shown.update
