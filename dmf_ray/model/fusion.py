@@ -40,6 +40,14 @@ class FusionSettings(ConfigModel):
     each modality with the likelihood of its value kind (``likelihoods``): on 8,651 ZINC molecules
     it raised the hidden-modality cosine of ECFP from 0.24 to 0.29 and of MACCS from 0.75 to 0.79,
     downstream ROC-AUC unchanged within pretraining noise (README, quality section).
+
+    ``self_reconstruction_weight`` (ours, not the paper's) also asks the fused vector to
+    reconstruct the modalities it saw: the paper's reconstruction term covers only the masked
+    ones, which rewards the information modalities share and none of what each says alone. Over
+    ecfp + chemnet + chemprop-admet pretrained on 17,304 ZINC molecules, weight 3 against 0 raised
+    the frozen fused vector's mean valid ROC-AUC on bace, bbbp, clintox and sider from 0.810 to
+    0.823 (XGBoost) and 0.821 to 0.830 (logistic regression); the default is 3 (README, quality).
+    Models saved before the setting existed load with 0, the objective they were trained with.
     """
 
     latent_dim: int = Field(512, gt=0, strict=True, description="fused vector (shared latent) dim")
@@ -59,6 +67,10 @@ class FusionSettings(ConfigModel):
                                   description="lambda_e, weight of the attention entropy loss (Eq. 5, inverted)")
     sparsity_weight: float = Field(0.01, ge=0.0, strict=True, allow_inf_nan=False,
                                    description="lambda_s, weight of the gate sparsity loss (Eq. 6)")
+    self_reconstruction_weight: float = Field(
+        3.0, ge=0.0, strict=True, allow_inf_nan=False,
+        description="lambda_r, weight of the reconstruction of the visible modalities from the fused vector "
+                    "(autoencoding; 0 = the paper's cross-modal reconstruction of the masked ones only)")
     reconstruction: Literal["auto", "mse"] = Field(
         "auto", description="reconstruction loss (Eq. 2): auto = by each modality's value kind (Bernoulli for "
                             "bits, Poisson for counts, squared error for the rest); mse = squared error on "
@@ -138,6 +150,7 @@ class FusionConfig(FusionSettings):
         data = dict(data)
         # A config.json written before the setting existed is a model trained with the squared error.
         data.setdefault("reconstruction", "mse")
+        data.setdefault("self_reconstruction_weight", 0.0)  # likewise: trained on the paper's objective alone
         return cls(**data)
 
     @property

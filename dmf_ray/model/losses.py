@@ -2,12 +2,15 @@
 Pure torch; every term in float32 even under autocast.
 
     Eq. 1  total = rec + lambda_a * align + lambda_d * div + lambda_e * ent + lambda_s * sparse
+                   (+ lambda_r * self_rec, ours: 0 by default, which is the paper's objective)
     Eq. 2  rec     reconstruction of the masked modalities from the fused vector, with the
                    likelihood of each modality's value kind (``likelihoods``)
     Eq. 3  align   fused vector aligned with each visible modality's latent
     Eq. 4  div     gate diversity between modalities (squared linear CKA form)
     Eq. 5  ent     attention entropy (inverted: collapsed attention is penalised)
     Eq. 6  sparse  L1 of the gates
+    ours   self_rec reconstruction of the visible modalities from the fused vector (Eq. 2's loss
+                   over the visible pairs instead of the masked ones)
 """
 
 from __future__ import annotations
@@ -112,7 +115,8 @@ def fusion_losses(
     present: Tensor | None = None,
     masked: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Eq. 1: total = rec + la*align + ld*div + le*ent + ls*sparse, and each term (float32 scalars).
+    """Eq. 1: total = rec + la*align + ld*div + le*ent + ls*sparse (+ lr*self_rec), and each term
+    (float32 scalars).
 
     The masks come from `out` (forward saw them). `present`/`masked` may be passed as well; they
     are then checked against `out`, which catches a forward that was given `present & ~masked` as
@@ -132,6 +136,9 @@ def fusion_losses(
              0 for uniform attention, 1 for collapsed. The paper prints the entropy itself but
              states the intent "prevents attention collapse", which needs low entropy penalised.
     sparse   (Eq. 6) mean over visible pairs of ||g_m||_1 / d_m.
+    self_reconstruction  (ours) rec's loss over the visible pairs: the fused vector keeps what each
+             modality it saw says alone, not only what predicts the hidden ones (the paper's rec
+             rewards only shared information); weight config.self_reconstruction_weight.
 
     Raises ValueError when `present`/`masked` disagree with what forward() saw, or when `out`
     has no reconstructions (forward(..., reconstruct=False)), or lacks the raw targets that a
@@ -150,7 +157,9 @@ def fusion_losses(
     present, visible = out.present, out.visible
     hidden = present & ~visible
 
-    rec = _masked_mean(_reconstruction_errors(config, out), hidden)
+    errors = _reconstruction_errors(config, out)
+    rec = _masked_mean(errors, hidden)
+    self_rec = _masked_mean(errors, visible)
 
     fused = out.fused.float()
     cos = _cosine(fused.unsqueeze(1), out.latents.float())
@@ -169,6 +178,7 @@ def fusion_losses(
         + config.diversity_weight * div
         + config.entropy_weight * ent
         + config.sparsity_weight * sparse
+        + config.self_reconstruction_weight * self_rec
     )
     return {
         "total": total,
@@ -177,4 +187,5 @@ def fusion_losses(
         "diversity": div,
         "entropy": ent,
         "sparsity": sparse,
+        "self_reconstruction": self_rec,
     }

@@ -275,6 +275,26 @@ def test_reconstruction_loss_per_element_over_masked_pairs_only():
     assert fusion_losses(CFG2, nothing_masked)["reconstruction"].item() == 0.0
 
 
+def test_self_reconstruction_is_the_same_loss_over_visible_pairs():
+    present = torch.tensor([[True, True], [True, True], [True, False]])
+    visible = torch.tensor([[True, False], [False, True], [True, False]])
+    recon = [torch.tensor([[1.0, 1.0], [9.0, 9.0], [2.0, 0.0]]),
+             torch.tensor([[9.0, 9.0, 9.0], [3.0, 3.0, 0.0], [9.0, 9.0, 9.0]])]
+    out = hand_output(present, visible, recon=recon)
+    # visible pairs: (0, a) err (1 + 1)/2 = 1 ; (1, b) err (9 + 9)/3 = 6 ; (2, a) err 4/2 = 2 ;
+    # sample 2's b is absent, so it counts in neither term
+    paper = fusion_losses(CFG2.model_copy(update={"self_reconstruction_weight": 0.0}), out)
+    assert paper["self_reconstruction"].item() == pytest.approx((1.0 + 6.0 + 2.0) / 3)
+    weighted = fusion_losses(CFG2.model_copy(update={"self_reconstruction_weight": 0.5}), out)
+    torch.testing.assert_close(weighted["total"], paper["total"] + 0.5 * paper["self_reconstruction"])
+
+
+def test_models_saved_before_self_reconstruction_load_without_it():
+    saved = tiny_config().to_dict()
+    del saved["self_reconstruction_weight"]
+    assert FusionConfig.from_dict(saved).self_reconstruction_weight == 0.0
+
+
 def test_alignment_loss():
     present = torch.ones(2, 2, dtype=torch.bool)
     visible = torch.tensor([[True, True], [True, False]])
@@ -369,7 +389,7 @@ def test_diversity_uses_only_shared_visible_samples_and_guards_degenerate_cases(
 
 
 def test_total_is_the_weighted_sum_of_terms():
-    model = tiny_model()
+    model = tiny_model(self_reconstruction_weight=0.3)
     B = 16
     present = torch.rand(B, 3, generator=torch.Generator().manual_seed(2)) < 0.8
     masked = sample_training_mask(present, 0.4, torch.Generator().manual_seed(5))
@@ -378,7 +398,7 @@ def test_total_is_the_weighted_sum_of_terms():
     c = model.config
     expected = (L["reconstruction"] + c.align_weight * L["alignment"]
                 + c.diversity_weight * L["diversity"] + c.entropy_weight * L["entropy"]
-                + c.sparsity_weight * L["sparsity"])
+                + c.sparsity_weight * L["sparsity"] + c.self_reconstruction_weight * L["self_reconstruction"])
     torch.testing.assert_close(L["total"], expected)
 
 

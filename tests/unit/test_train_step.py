@@ -96,7 +96,8 @@ def test_flat_settings_keep_the_names_models_were_recorded_with():
     """The card and the run record of models trained before the configs nested used flat names;
     a model trained then must still be recognised as the same model (no retraining)."""
     config = TrainConfig(store="s", out="o", masking=MaskSchedule(p_start=0.2, kind="cosine"),
-                         model={"reconstruction": "mse"})  # what every model before the setting used
+                         # what every model before these settings used
+                         model={"reconstruction": "mse", "self_reconstruction_weight": 0.0})
     flat = config.flat_settings()
     legacy = {"store", "out", "modalities", "epochs", "workers", "use_gpu", "latent_dim", "batch_size", "lr",
               "weight_decay", "grad_clip", "mask_p_start", "mask_p_end", "mask_kind", "val_fraction", "seed",
@@ -107,6 +108,7 @@ def test_flat_settings_keep_the_names_models_were_recorded_with():
     assert (flat["mask_p_start"], flat["mask_kind"]) == (0.2, "cosine")
     assert "std_floor" in TrainConfig(store="s", out="o", model={"std_floor": 1e-3}).flat_settings()
     assert TrainConfig(store="s", out="o", model={"reconstruction": "auto"}).flat_settings()["reconstruction"] == "auto"
+    assert TrainConfig(store="s", out="o").flat_settings()["self_reconstruction_weight"] == 3.0
     assert set(config.model_settings()) == legacy - {"out", "workers", "use_gpu", "cpus_per_worker", "torch_threads",
                                                      "max_failures", "worker_cache_mb", "data_loading",
                                                      "storage_path", "fresh"}

@@ -23,7 +23,7 @@ OPERATIONAL_SETTINGS = frozenset({"out", "workers", "use_gpu", "cpus_per_worker"
 
 # Settings added after models were first recorded: left out of the flat record while at these
 # values, so a model trained before they existed is still recognised as the same model.
-_ADDED_LATER = {"std_floor": 1e-6, "mask_steps": 5, "reconstruction": "mse"}
+_ADDED_LATER = {"std_floor": 1e-6, "mask_steps": 5, "reconstruction": "mse", "self_reconstruction_weight": 0.0}
 
 
 class TrainConfig(ConfigModel):

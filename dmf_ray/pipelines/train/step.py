@@ -9,7 +9,7 @@ from torch import Tensor
 
 from dmf_ray.model import DynamicFusion, fusion_losses, reconstruction_cosine, sample_training_mask
 
-LOSS_TERMS = ("total", "reconstruction", "alignment", "diversity", "entropy", "sparsity")
+LOSS_TERMS = ("total", "reconstruction", "alignment", "diversity", "entropy", "sparsity", "self_reconstruction")
 
 
 # --------------------------------------------------------------------------------------------
