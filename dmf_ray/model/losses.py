@@ -2,7 +2,7 @@
 Pure torch; every term in float32 even under autocast.
 
     Eq. 1  total = rec + lambda_a * align + lambda_d * div + lambda_e * ent + lambda_s * sparse
-                   (+ lambda_r * self_rec, ours: 0 by default, which is the paper's objective)
+                   + lambda_r * self_rec (ours: lambda_r = 3 by default; 0 is the paper's objective)
     Eq. 2  rec     reconstruction of the masked modalities from the fused vector, with the
                    likelihood of each modality's value kind (``likelihoods``)
     Eq. 3  align   fused vector aligned with each visible modality's latent
