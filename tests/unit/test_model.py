@@ -262,31 +262,22 @@ CFG2 = FusionConfig(modalities=["a", "b"], dims=[2, 3], latent_dim=2, align_weig
                     diversity_weight=0.25, entropy_weight=2.0, sparsity_weight=0.1)
 
 
-def test_reconstruction_loss_per_element_over_masked_pairs_only():
+def test_reconstruction_over_masked_pairs_and_self_reconstruction_over_visible_ones():
     present = torch.tensor([[True, True], [True, True], [True, False]])
     visible = torch.tensor([[True, False], [False, True], [True, False]])
     recon = [torch.tensor([[9.0, 9.0], [1.0, 2.0], [9.0, 9.0]]),
-             torch.tensor([[3.0, 0.0, 0.0], [9.0, 9.0, 9.0], [9.0, 9.0, 9.0]])]
+             torch.tensor([[3.0, 0.0, 0.0], [9.0, 6.0, 3.0], [9.0, 9.0, 9.0]])]
     out = hand_output(present, visible, recon=recon)
-    losses = fusion_losses(CFG2, out)
-    # masked pairs: (0, b) err 9/3 = 3 ; (1, a) err (1 + 4)/2 = 2.5 ; sample 2's b is absent
-    assert losses["reconstruction"].item() == pytest.approx((3.0 + 2.5) / 2)
-    nothing_masked = hand_output(present, present, recon=recon)
-    assert fusion_losses(CFG2, nothing_masked)["reconstruction"].item() == 0.0
-
-
-def test_self_reconstruction_is_the_same_loss_over_visible_pairs():
-    present = torch.tensor([[True, True], [True, True], [True, False]])
-    visible = torch.tensor([[True, False], [False, True], [True, False]])
-    recon = [torch.tensor([[1.0, 1.0], [9.0, 9.0], [2.0, 0.0]]),
-             torch.tensor([[9.0, 9.0, 9.0], [3.0, 3.0, 0.0], [9.0, 9.0, 9.0]])]
-    out = hand_output(present, visible, recon=recon)
-    # visible pairs: (0, a) err (1 + 1)/2 = 1 ; (1, b) err (9 + 9)/3 = 6 ; (2, a) err 4/2 = 2 ;
-    # sample 2's b is absent, so it counts in neither term
     paper = fusion_losses(CFG2.model_copy(update={"self_reconstruction_weight": 0.0}), out)
-    assert paper["self_reconstruction"].item() == pytest.approx((1.0 + 6.0 + 2.0) / 3)
+    # masked pairs: (0, b) err 9/3 = 3 ; (1, a) err (1 + 4)/2 = 2.5 ; sample 2's b is absent
+    assert paper["reconstruction"].item() == pytest.approx((3.0 + 2.5) / 2)
+    # visible pairs: (0, a) err 81 ; (1, b) err (81 + 36 + 9)/3 = 42 ; (2, a) err 81 ;
+    # sample 2's b is absent, so it counts in neither term
+    assert paper["self_reconstruction"].item() == pytest.approx((81.0 + 42.0 + 81.0) / 3)
     weighted = fusion_losses(CFG2.model_copy(update={"self_reconstruction_weight": 0.5}), out)
     torch.testing.assert_close(weighted["total"], paper["total"] + 0.5 * paper["self_reconstruction"])
+    nothing_masked = hand_output(present, present, recon=recon)
+    assert fusion_losses(CFG2, nothing_masked)["reconstruction"].item() == 0.0
 
 
 def test_models_saved_before_self_reconstruction_load_without_it():
