@@ -29,6 +29,11 @@ from dmf_ray.model.validation import ConfigError, ConfigModel, describe, is_int
 
 _StrictInt = Annotated[int, Field(strict=True)]
 
+# Settings added after models were first saved, at the value a model saved before them was trained
+# with (their defaults now differ): FusionConfig.from_dict fills them in for an old config.json, and
+# the training run record leaves them out at these values so an old model keeps its identity.
+LEGACY_SETTINGS = {"reconstruction": "mse", "self_reconstruction_weight": 0.0}
+
 
 class FusionSettings(ConfigModel):
     """The model's hyperparameters: everything in FusionConfig except what the data fixes
@@ -148,10 +153,7 @@ class FusionConfig(FusionSettings):
         if problems:
             raise ConfigError(cls.__name__, problems)
         data = dict(data)
-        # A config.json written before the setting existed is a model trained with the squared error.
-        data.setdefault("reconstruction", "mse")
-        data.setdefault("self_reconstruction_weight", 0.0)  # likewise: trained on the paper's objective alone
-        return cls(**data)
+        return cls(**{**LEGACY_SETTINGS, **data})
 
     @property
     def num_modalities(self) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from dmf_ray.model import FusionSettings, MaskSchedule
+from dmf_ray.model.fusion import LEGACY_SETTINGS
 from dmf_ray.model.validation import ConfigModel, is_int
 
 TRAIN_DIR = "_ray_train"
@@ -22,8 +23,10 @@ OPERATIONAL_SETTINGS = frozenset({"out", "workers", "use_gpu", "cpus_per_worker"
                                   "worker_cache_mb", "data_loading", "storage_path", "fresh"})
 
 # Settings added after models were first recorded: left out of the flat record while at these
-# values, so a model trained before they existed is still recognised as the same model.
-_ADDED_LATER = {"std_floor": 1e-6, "mask_steps": 5, "reconstruction": "mse", "self_reconstruction_weight": 0.0}
+# values, so a model trained before they existed is still recognised as the same model. The first
+# two were added at the value that had been hard-coded; the model's own (LEGACY_SETTINGS) were added
+# with new defaults, at the value old models were trained with.
+_ADDED_LATER = {"std_floor": 1e-6, "mask_steps": 5, **LEGACY_SETTINGS}
 
 
 class TrainConfig(ConfigModel):
