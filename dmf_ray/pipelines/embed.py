@@ -11,7 +11,9 @@ Two sources:
 Output: a Parquet dataset (a folder) with one row per input row, aligned with a status:
 ``mol_id``, ``smiles``, ``embedding`` (fixed_size_list<float32>, null on failure),
 ``attn_<modality>`` per model modality (0 where absent), ``present`` (modality names used),
-``error`` (null or the reason), plus ``source``/``row`` to trace the row back. Each Parquet
+``modality_errors`` (map modality -> why its encoder refused this molecule; null for rows fused
+from a store, whose modality files hold those reasons), ``error`` (null or the reason), plus
+``source``/``row`` to trace the row back. Each Parquet
 file (``part-<random>.parquet``) is written whole by the task that fused its rows, which tells
 the driver its row count (the progress reports). Rerunning overwrites the output.
 """
@@ -51,6 +53,7 @@ def output_schema(modalities: list[str], latent_dim: int) -> pa.Schema:
         ("embedding", pa.list_(pa.float32(), latent_dim)),
         *[(f"attn_{m}", pa.float32()) for m in modalities],
         ("present", pa.list_(pa.string())),
+        ("modality_errors", pa.map_(pa.string(), pa.string())),
         ("error", pa.string()),
         ("source", pa.string()),
         ("row", pa.int64()),
@@ -75,6 +78,9 @@ def _rows_to_table(results: list[dict[str, Any]], modalities: list[str], latent_
     for m in modalities:
         columns[f"attn_{m}"] = pa.array([r["attention"][m] if ok[i] else 0.0 for i, r in enumerate(results)], pa.float32())
     columns["present"] = pa.array([r.get("modalities", []) for r in results], pa.list_(pa.string()))
+    columns["modality_errors"] = pa.array(
+        [list(r["modality_errors"].items()) if "modality_errors" in r else None for r in results],
+        pa.map_(pa.string(), pa.string()))
     columns["error"] = pa.array([r.get("error") for r in results], pa.string())
     columns["source"] = pa.array(source, pa.string())
     columns["row"] = pa.array(row, pa.int64())

@@ -27,3 +27,19 @@ def test_malformed_csv_row_keeps_the_readers_reason(tmp_path):
     errors = out.column("error").to_pylist()
     assert errors == [None, problems[1], None]
     assert out.column("embedding").null_count == 1 and out.column("row").to_pylist() == [1, 2, 3]
+
+
+def test_a_modality_the_encoder_refuses_is_named_with_its_reason(tmp_path):
+    """A molecule over atom-pair's size bound (500 heavy atoms) is embedded from MACCS alone, and
+    its output row says why atom-pair is missing; the rows around it have an empty map."""
+    big = "C" * 600
+    table = pa.table({"smiles": ["CCO", big, "c1ccccc1"], "source": ["lib.smi"] * 3, "row": [1, 2, 3]})
+    model = save_random_model(tmp_path / "model", SMILES, ["maccs", "atompair"], latent_dim=8, gate_hidden=8,
+                              attention_hidden=4, decoder_hidden=8)
+    out = EmbedSmilesStage(model, drop=None)(table)
+    assert out.column("error").to_pylist() == [None, None, None]
+    assert out.column("present").to_pylist() == [["maccs", "atompair"], ["maccs"], ["maccs", "atompair"]]
+    errors = out.column("modality_errors").to_pylist()
+    assert errors[0] == [] and errors[2] == []
+    ((name, reason),) = errors[1]
+    assert name == "atompair" and "600 heavy atoms" in reason and "500" in reason
