@@ -1,7 +1,7 @@
 """The fusion model: pure torch, no I/O, no Ray, one job per module.
 
 fusion         FusionSettings (hyperparameters), FusionConfig, FusionOutput, DynamicFusion
-losses         fusion_losses (paper Eq. 1-6), gate_similarity
+losses         fusion_losses (paper Eq. 1-6), LOSS_TERMS (its keys), gate_similarity
 likelihoods    the reconstruction loss of each value kind (binary: Bernoulli, count: Poisson,
                continuous: squared error), decoder outputs in the modality's own units
 masking        MaskSchedule (the progressive curriculum), sample_training_mask
@@ -14,14 +14,14 @@ validation     ConfigModel: every typed config validated one way, all problems i
 
 from dmf_ray.model.fusion import DynamicFusion, FusionConfig, FusionOutput, FusionSettings
 from dmf_ray.model.likelihoods import VALUE_KINDS
-from dmf_ray.model.losses import fusion_losses, gate_similarity
+from dmf_ray.model.losses import LOSS_TERMS, fusion_losses, gate_similarity
 from dmf_ray.model.masking import MASK_SCHEDULE_KINDS, MaskSchedule, sample_training_mask
 from dmf_ray.model.metrics import ReconstructionCosine, mean_cosine, reconstruction_cosine, row_cosine
 from dmf_ray.model.normalization import Moments, array_moments, batch_moments, normalization_stats, scale_of
 from dmf_ray.model.validation import ConfigError, ConfigModel
 
 __all__ = [
-    "MASK_SCHEDULE_KINDS", "VALUE_KINDS", "ConfigError", "ConfigModel", "DynamicFusion", "FusionConfig", "FusionOutput",
+    "LOSS_TERMS", "MASK_SCHEDULE_KINDS", "VALUE_KINDS", "ConfigError", "ConfigModel", "DynamicFusion", "FusionConfig", "FusionOutput",
     "FusionSettings", "MaskSchedule", "Moments", "ReconstructionCosine", "array_moments", "batch_moments",
     "fusion_losses", "gate_similarity", "mean_cosine", "normalization_stats", "reconstruction_cosine",
     "row_cosine", "sample_training_mask", "scale_of",

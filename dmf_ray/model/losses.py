@@ -22,6 +22,9 @@ from torch import Tensor
 from dmf_ray.model.fusion import FusionConfig, FusionOutput
 from dmf_ray.model.likelihoods import element_loss
 
+# The keys of fusion_losses' dict, in the order training logs them.
+LOSS_TERMS = ("total", "reconstruction", "alignment", "diversity", "entropy", "sparsity", "self_reconstruction")
+
 # Clamp for logs and denominators. Small enough to never bias a real value, large enough that
 # float32 never underflows when it is squared or multiplied.
 _TINY = 1e-12
@@ -180,12 +183,4 @@ def fusion_losses(
         + config.sparsity_weight * sparse
         + config.self_reconstruction_weight * self_rec
     )
-    return {
-        "total": total,
-        "reconstruction": rec,
-        "alignment": align,
-        "diversity": div,
-        "entropy": ent,
-        "sparsity": sparse,
-        "self_reconstruction": self_rec,
-    }
+    return dict(zip(LOSS_TERMS, (total, rec, align, div, ent, sparse, self_rec), strict=True))

@@ -9,8 +9,6 @@ from torch import Tensor
 
 from dmf_ray.model import DynamicFusion, fusion_losses, reconstruction_cosine, sample_training_mask
 
-LOSS_TERMS = ("total", "reconstruction", "alignment", "diversity", "entropy", "sparsity", "self_reconstruction")
-
 
 # --------------------------------------------------------------------------------------------
 # One training step and one validation batch (used by the Ray workers and by plain loops)

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dmf_ray.model import DynamicFusion, FusionConfig, MaskSchedule
+from dmf_ray.model import LOSS_TERMS, DynamicFusion, FusionConfig, MaskSchedule
 from dmf_ray.pipelines.train.checkpoints import format_metrics, load_checkpoint, save_checkpoint, write_metrics_file
 from dmf_ray.pipelines.train.data import ArrayShards
-from dmf_ray.pipelines.train.step import LOSS_TERMS, make_optimizer, train_step, validation_sums
+from dmf_ray.pipelines.train.step import make_optimizer, train_step, validation_sums
 
 _VAL_KEYS = ("attention", "rows", "cos", "cos_n", "loss", "loss_n")
 
