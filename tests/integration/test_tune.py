@@ -76,6 +76,8 @@ def test_two_trials_asha_stops_the_bad_one_and_best_is_written(store, tmp_path):
     summary = json.loads((out / TUNE_FILE).read_text())
     assert summary["best"] == good.trial_id and len(summary["trials"]) == 2
     assert any("stopped by ASHA" in line for line in lines)
+    # Progress while it runs: a line per trial epoch, from the driver.
+    assert sum(f"trial {good.trial_id} " in line and "/4, val/loss " in line for line in lines) == 4, lines
     # The stopped trial's Ray Train placement group is freed (the test cluster has no dashboard, so
     # Ray Train's own cleaner cannot): every CPU is back for the next test.
     import ray

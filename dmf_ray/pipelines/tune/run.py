@@ -200,7 +200,31 @@ def _make_cleanup(before: set[str]):
     return _FreeStoppedTrials()
 
 
-def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry, objective: list | None):
+def _make_progress(log: Callable[[str], None], metric: str, epochs: int):
+    """A Tune callback, run in the driver, that logs each trial's every epoch (its objective) and
+    its end: the search's progress. The trials' own lines are printed in their Ray workers, which
+    the console shows only with --verbose."""
+    from ray.tune import Callback
+
+    class _Progress(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = _number(result.get(metric))
+            log(f"  trial {trial.trial_id} {trial.config}: epoch {result.get('training_iteration')}/{epochs}, "
+                f"{metric} {'undefined' if value is None else f'{value:.4f}'}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            epochs_run = (trial.last_result or {}).get("training_iteration", 0)
+            log(f"  trial {trial.trial_id} ended after {epochs_run} epoch(s)"
+                f"{' (stopped by ASHA)' if epochs_run < epochs else ''}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            log(f"  trial {trial.trial_id} failed: {trial.error_file or 'see the Ray session logs'}")
+
+    return _Progress()
+
+
+def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry, objective: list | None,
+           log: Callable[[str], None]):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -226,7 +250,8 @@ def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry, objectiv
             search_alg=BasicVariantGenerator(max_concurrent=config.max_concurrent_trials, random_state=config.seed),
             trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name="search", storage_path=str(plan.out / TUNE_DIR / "ray"), verbose=0,
-                                  callbacks=[_make_cleanup(set(_placement_groups()))]),
+                                  callbacks=[_make_cleanup(set(_placement_groups())),
+                                             _make_progress(log, config.metric, config.epochs)]),
     )
 
 
@@ -304,7 +329,7 @@ def tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str], None]
         f"epochs; {config.max_concurrent_trials} trial(s) at once")
     # In the object store once for every trial; the list keeps the reference a reference (see report).
     objective = [ray.put(data)] if data is not None else None
-    grid = _tuner(config, plan, training, objective).fit()
+    grid = _tuner(config, plan, training, objective, log).fit()
     records = [_record(r, config, plan) for r in grid]
     best = _best(records, plan.mode)
     _publish(best, plan.out)
