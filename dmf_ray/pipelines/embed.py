@@ -11,8 +11,9 @@ Two sources:
 Output: a Parquet dataset (a folder) with one row per input row, aligned with a status:
 ``mol_id``, ``smiles``, ``embedding`` (fixed_size_list<float32>, null on failure),
 ``attn_<modality>`` per model modality (0 where absent), ``present`` (modality names used),
-``modality_errors`` (map modality -> why its encoder refused this molecule; null for rows fused
-from a store, whose modality files hold those reasons), ``error`` (null or the reason), plus
+``modality_errors`` (map modality -> why its encoder refused this molecule; null for a row that
+never reached the encoders, and for rows fused from a store, whose modality files hold those
+reasons), ``error`` (null or the reason), plus
 ``source``/``row`` to trace the row back. Each Parquet
 file (``part-<random>.parquet``) is written whole by the task that fused its rows, which tells
 the driver its row count (the progress reports). Rerunning overwrites the output.

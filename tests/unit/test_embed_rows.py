@@ -1,6 +1,7 @@
 """`dmf embed` over input files, row by row without Ray: a malformed CSV row ends as an output
 row whose error is the reader's reason (file line, fields expected and found), not RDKit's
-complaint about the raw line read as a SMILES; the rows around it are embedded."""
+complaint about the raw line read as a SMILES; the rows around it are embedded. A modality an
+encoder refuses is named in the row's modality_errors with the encoder's reason."""
 
 import pyarrow as pa
 
