@@ -152,7 +152,6 @@ class FusionConfig(FusionSettings):
         problems += [f"missing required field {k!r}" for k in ("modalities", "dims") if k not in data]
         if problems:
             raise ConfigError(cls.__name__, problems)
-        data = dict(data)
         return cls(**{**LEGACY_SETTINGS, **data})
 
     @property

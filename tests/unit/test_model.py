@@ -16,6 +16,7 @@ from dmf_ray.model import (
     gate_similarity,
     sample_training_mask,
 )
+from dmf_ray.model.fusion import LEGACY_SETTINGS
 
 
 
@@ -284,6 +285,10 @@ def test_models_saved_before_self_reconstruction_load_without_it():
     saved = tiny_config().to_dict()
     del saved["self_reconstruction_weight"]
     assert FusionConfig.from_dict(saved).self_reconstruction_weight == 0.0
+    # Every setting of the legacy table, each missing alone, loads at the value old models used.
+    for key, value in LEGACY_SETTINGS.items():
+        saved = {k: v for k, v in tiny_config().to_dict().items() if k != key}
+        assert getattr(FusionConfig.from_dict(saved), key) == value, key
 
 
 def test_alignment_loss():
