@@ -213,9 +213,9 @@ def _make_progress(log: Callable[[str], None], metric: str, epochs: int):
                 f"{metric} {'undefined' if value is None else f'{value:.4f}'}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            # Whether ASHA stopped it is said once, in the summary (_record's rule).
             epochs_run = (trial.last_result or {}).get("training_iteration", 0)
-            log(f"  trial {trial.trial_id} ended after {epochs_run} epoch(s)"
-                f"{' (stopped by ASHA)' if epochs_run < epochs else ''}")
+            log(f"  trial {trial.trial_id} ended after {epochs_run} epoch(s)")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             log(f"  trial {trial.trial_id} failed: {trial.error_file or 'see the Ray session logs'}")
