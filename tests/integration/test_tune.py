@@ -52,7 +52,7 @@ def test_bad_search_refused_before_ray(tmp_path):
     assert "latent_dim=16" not in message  # the valid value is not reported
 
 
-def test_two_trials_asha_stops_the_bad_one_and_best_is_written(store, tmp_path):
+def test_two_trials_asha_stops_the_bad_one_and_best_is_written(store, tmp_path, capfd):
     out = tmp_path / "tuned"
     lines: list[str] = []
     config = TuneConfig(store=store, out=str(out), epochs=4, settings=TINY, search=["lr=grid:0.01,1e-9"],
@@ -78,6 +78,10 @@ def test_two_trials_asha_stops_the_bad_one_and_best_is_written(store, tmp_path):
     assert any("stopped by ASHA" in line for line in lines)
     # Progress while it runs: a line per trial epoch, from the driver.
     assert sum(f"trial {good.trial_id} " in line and "/4, val/loss " in line for line in lines) == 4, lines
+    # ... and none of Ray Tune's own console output, which ignores verbose=0 in its default reporter.
+    console = capfd.readouterr()
+    assert "Configuration for experiment" not in console.out + console.err
+    assert "tensorboard" not in (console.out + console.err).lower()
     # The stopped trial's Ray Train placement group is freed (the test cluster has no dashboard, so
     # Ray Train's own cleaner cannot): every CPU is back for the next test.
     import ray

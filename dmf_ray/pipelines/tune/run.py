@@ -7,8 +7,10 @@ import copy
 import json
 import math
 import shutil
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,23 @@ def _make_progress(log: Callable[[str], None], metric: str, epochs: int):
     return _Progress()
 
 
+@contextmanager
+def _tune_console_quiet() -> Iterator[None]:
+    """Ray Tune's default console reporter (ray/tune/experimental/output.py, Ray 2.60) prints its
+    "Configuration for experiment" box and a TensorBoard hint even at verbose=0; the legacy
+    reporter honours verbose=0. tune.run reads RAY_AIR_NEW_OUTPUT in the driver when fit()
+    starts, so it is set for the call only: our own progress lines (_make_progress) replace both."""
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
+
+
 def _tuner(config: TuneConfig, plan: TunePlan, training: TrainingEntry, objective: list | None,
            log: Callable[[str], None]):
     from ray import tune
@@ -329,7 +348,8 @@ def tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str], None]
         f"epochs; {config.max_concurrent_trials} trial(s) at once")
     # In the object store once for every trial; the list keeps the reference a reference (see report).
     objective = [ray.put(data)] if data is not None else None
-    grid = _tuner(config, plan, training, objective, log).fit()
+    with _tune_console_quiet():
+        grid = _tuner(config, plan, training, objective, log).fit()
     records = [_record(r, config, plan) for r in grid]
     best = _best(records, plan.mode)
     _publish(best, plan.out)
