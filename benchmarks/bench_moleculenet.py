@@ -139,14 +139,17 @@ def untrained_model(store_uri: str, encoders: list[str], latent_dim: int, out: P
     import torch
 
     from dmf_ray.artifact import save_fusion_model
-    from dmf_ray.model import DynamicFusion, FusionConfig, array_moments, normalization_stats
+    from dmf_ray.model import DynamicFusion, FusionConfig, FusionSettings, array_moments, normalization_stats
+    from dmf_ray.pipelines.train.driver import value_kinds
     from dmf_ray.store import EmbeddingStore
 
     store = EmbeddingStore.open(store_uri)
     paired = store.read_numpy(encoders)
     torch.manual_seed(0)
-    model = DynamicFusion(FusionConfig(modalities=encoders, dims=[store.modalities[m]["dim"] for m in encoders],
-                                       latent_dim=latent_dim))
+    # As train() builds it (value kinds included), so the control differs from the trained model
+    # only in its weights.
+    model = DynamicFusion(FusionConfig.build(encoders, [store.modalities[m]["dim"] for m in encoders],
+                                             FusionSettings(latent_dim=latent_dim), value_kinds(store, encoders)))
     model.set_normalization(normalization_stats(array_moments(paired.values, paired.present, encoders)))
     save_fusion_model(out, model, card={
         "modalities": {m: dict(store.modalities[m]) for m in encoders},

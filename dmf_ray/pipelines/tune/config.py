@@ -194,7 +194,8 @@ class TrainingEntry:
     """The train workflow as tune uses it, handed in by the caller (see the module doc):
     ``config_class`` TrainConfig; ``train(config, log=..., callbacks=[...])`` returning an object
     with ``model_dir``; ``check(config, log)`` raising ValueError for a store or modality problem
-    and returning an object with ``names``, ``dims`` and ``store.modalities`` (encoder specs).
+    and returning an object with ``names``, ``dims``, ``store.modalities`` (encoder specs) and
+    ``fusion_config()`` (the model's FusionConfig as train() builds it).
     The downstream objective (``tasks``) also needs ``check`` and ``load_checkpoint(directory,
     device)`` -> ``(weights, optimizer, state)``, to score each epoch's checkpoint."""
 

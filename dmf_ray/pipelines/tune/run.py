@@ -149,13 +149,11 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], training: Trainin
 
     callback = TuneReportCallback()
     if objective is not None:
-        from dmf_ray.model import FusionConfig
         from dmf_ray.pipelines.tune.report import DownstreamReport
 
-        # The trial's model as train() builds it (the core's FusionConfig.build over the checked
-        # store modalities), to load each epoch's checkpoint into.
-        check = training.check(config, lambda line: None)
-        fusion = FusionConfig.build(check.names, check.dims, config.model)
+        # The trial's model config as train() builds it (value kinds included), to load each
+        # epoch's checkpoint into.
+        fusion = training.check(config, lambda line: None).fusion_config()
         callback = DownstreamReport(objective, fusion, training.load_checkpoint, log)
     training.train(config, log=log, callbacks=[callback])
 
