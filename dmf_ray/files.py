@@ -45,6 +45,13 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded); a URI (``scheme://``) as it is. For paths
+    handed to Ray workers, whose working directory is not the caller's (a Tune trial runs in
+    its own trial directory)."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 

@@ -108,12 +108,18 @@ def small_bbbp(shared_data, tmp_path_factory) -> str:
     return str(folder)
 
 
-def test_downstream_objective_picks_the_trial_with_the_best_valid_roc_auc(store, small_bbbp, tmp_path):
+def test_downstream_objective_picks_the_trial_with_the_best_valid_roc_auc(store, small_bbbp, tmp_path, monkeypatch):
+    import os
+
     from dmf_ray.cli.tune import entries
 
     _, tasks = entries()  # the evaluate workflow's loader, featurizer and learner, as the CLI wires them
     out = tmp_path / "tuned"
     lines: list[str] = []
+    # The store as a user types it, relative to the working directory: each trial runs in its own
+    # trial directory and must still find it (it once failed every trial with "not a dmf_ray store").
+    monkeypatch.chdir(tmp_path)
+    store = os.path.relpath(store, tmp_path)
     # grace_period = epochs: ASHA's only rung is the last epoch, so both trials report every epoch
     # (a trial below the other there is cut before it writes its model; its history stays).
     settings = {**TINY, "model": {k: v for k, v in TINY["model"].items() if k != "latent_dim"}}

@@ -1,10 +1,11 @@
 """Typed arguments of the Serve app (the builder's input; every field is settable from
 serve_configs/fusion.yaml, and ``dmf serve`` makes a flag of each from its ``description``)."""
 
-import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dmf_ray.files import absolute
 
 
 class _Args(BaseModel):
@@ -164,7 +165,7 @@ class ServeArgs(_Args):
     @classmethod
     def _absolute(cls, v: str) -> str:
         # Replicas may not share the builder's working directory; URIs stay as they are.
-        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
+        return absolute(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServeArgs":

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dmf_ray.files import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, exists, is_remote, join, join_uri,
+from dmf_ray.files import (absolute, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, exists, is_remote, join, join_uri,
                            mirror_files, redact, resolve, staging_dir)
 from dmf_ray.pipelines.train.config import RUN_FILE, TRAIN_DIR, TrainConfig
 
@@ -42,10 +42,6 @@ class Destination:
     @property
     def remote(self) -> bool:
         return self.local != self.published
-
-
-def absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def fingerprint(config: TrainConfig, store, names: list[str]) -> dict[str, Any]:

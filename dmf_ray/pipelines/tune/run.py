@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from dmf_ray.files import atomic_write
+from dmf_ray.files import absolute, atomic_write
 from dmf_ray.pipelines.tune.config import (METRICS, TUNE_DIR, TUNE_FILE, SearchDim, TrainingEntry,
                                            TrialRecord, TuneConfig, TuneResult, set_path)
 from dmf_ray.pipelines.tune.objective import TaskEntry, load_objective_tasks, prepare_objective
@@ -97,7 +97,10 @@ def check_tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str],
     naming every problem."""
     out = Path(config.out).expanduser().absolute()
     base = config.fixed()
-    base.update(store=config.store, epochs=config.epochs)
+    # Absolute: a trial runs in its own trial directory, where a relative path means nothing.
+    base.update(store=absolute(config.store), epochs=config.epochs)
+    if base.get("storage_path"):
+        base["storage_path"] = absolute(base["storage_path"])
     dims = config.dims()
     probe_out = str(out / TUNE_DIR / "check")
     problems = _settings_problems(config, training, base, dims, probe_out) + _entries_problems(config, training, tasks)
