@@ -19,7 +19,8 @@ class EmbedOptions(BaseModel):
     model: str = Field(description="model directory written by dmf train")
     store: str | None = Field(None, description="embed every molecule of this store from its stored vectors "
                                                 "(instead of input files)")
-    out: str = Field(description="output Parquet dataset (a folder; overwritten)")
+    out: str = Field(description="output Parquet dataset: a new or empty folder, or an earlier embed output "
+                                 "(replaced); a folder holding anything else is refused")
     drop_modalities: list[str] | None = Field(None, description="modalities to withhold, e.g. maccs (default: none)")
     smiles_column: str | None = Field(None, description="SMILES column of CSV/TSV/Parquet inputs (default: auto-detect)")
     id_column: str | None = Field(None, description="id column of the inputs, kept as source_id in the output "
@@ -37,13 +38,14 @@ def run_embed(args: argparse.Namespace) -> int:
     from dmf_ray.artifact import read_model_config
     from dmf_ray.cli import CliError
     from dmf_ray.inference import choose_modalities
-    from dmf_ray.pipelines.embed import embed
+    from dmf_ray.pipelines.embed import check_output, embed
 
     options = build_config(EmbedOptions, args.flags.values(args))
     if bool(options.inputs) == bool(options.store):
         raise CliError("give input files or --store (not both)")
     card = read_model_config(options.model)  # a bad model or modality fails before Ray starts
     choose_modalities(card["fusion"]["modalities"], None, options.drop_modalities)
+    check_output(options.out)
     if options.inputs:
         from dmf_ray.inputs import discover_inputs
 

@@ -21,6 +21,7 @@ the driver its row count (the progress reports). Rerunning overwrites the output
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from dmf_ray.files import join, resolve, write_parquet
+from dmf_ray.files import join, redact, resolve, write_parquet
 from dmf_ray.artifact import read_model_config
 from dmf_ray.inference import FusionEmbedder, choose_modalities, fuse, molecule_results
 from dmf_ray.inputs import discover_inputs, read_rows_stage
@@ -58,11 +59,15 @@ def output_schema(modalities: list[str], latent_dim: int) -> pa.Schema:
         ("error", pa.string()),
         ("source", pa.string()),
         ("row", pa.int64()),
+        ("source_id", pa.string()),  # the input's id column (--id-column); null without one
     ]
     return pa.schema(fields)
 
 
-def _rows_to_table(results: list[dict[str, Any]], modalities: list[str], latent_dim: int, source, row) -> pa.Table:
+def _rows_to_table(results: list[dict[str, Any]], modalities: list[str], latent_dim: int, source, row,
+                   source_id=None) -> pa.Table:
+    """The output rows (``output_schema``) of ``results`` (``inference.molecule_results`` rows or
+    ``{"error"}``), with each input row's ``source``, ``row`` and ``source_id`` (None: all null)."""
     n = len(results)
     ok = np.array([r.get("error") is None for r in results], dtype=bool)
     vectors = np.zeros((n, latent_dim), dtype=np.float32)
@@ -85,6 +90,7 @@ def _rows_to_table(results: list[dict[str, Any]], modalities: list[str], latent_
     columns["error"] = pa.array([r.get("error") for r in results], pa.string())
     columns["source"] = pa.array(source, pa.string())
     columns["row"] = pa.array(row, pa.int64())
+    columns["source_id"] = pa.nulls(n, pa.string()) if source_id is None else pa.array(source_id, pa.string())
     return pa.table(columns, schema=output_schema(modalities, latent_dim))
 
 
@@ -107,6 +113,7 @@ class EmbedSmilesStage:
         return _rows_to_table(
             results, self.embedder.modalities, self.embedder.model.config.latent_dim,
             batch.column("source"), batch.column("row"),
+            batch.column("source_id") if "source_id" in batch.column_names else None,
         )
 
 
@@ -132,14 +139,14 @@ class FuseStoredStage:
                 if mask[k]:
                     paired.values[name][i] = batch[name][i]
                     paired.present[i, self.names.index(name)] = True
-        return self.fuse(paired, batch["smiles"], batch["source"], batch["row"])
+        return self.fuse(paired, batch["smiles"], batch["source"], batch["row"], batch["source_id"])
 
-    def fuse(self, paired: ModalityBatch, smiles, source, row) -> pa.Table:
+    def fuse(self, paired: ModalityBatch, smiles, source, row, source_id) -> pa.Table:
         """Output rows for ``paired`` (model order; modalities outside ``use`` are withheld)."""
         paired = paired.withhold([m for m in self.names if m not in self.use])
         fused = fuse(self.model, paired)
         results = molecule_results(paired, fused, smiles, no_modality="no modality of the model is stored for this molecule")
-        return _rows_to_table(results, self.names, self.model.config.latent_dim, source, row)
+        return _rows_to_table(results, self.names, self.model.config.latent_dim, source, row, source_id)
 
 
 def _fuse_small_store(store, model_dir: str, drop: list[str] | None, batch_size: int) -> tuple[int, Iterator[pa.Table]]:
@@ -150,7 +157,7 @@ def _fuse_small_store(store, model_dir: str, drop: list[str] | None, batch_size:
 
     stage = FuseStoredStage(model_dir, drop)
     stored = store.read_numpy(stage.use)
-    molecules = store.molecules_table(["mol_id", "smiles", "source", "row"])
+    molecules = store.molecules_table(["mol_id", "smiles", "source", "row", "source_id"])
     failures = store.failures_table()
     where = pc.index_in(molecules.column("mol_id"), value_set=pa.array(stored.mol_ids, pa.string()))
     where = where.to_numpy(zero_copy_only=False)  # NaN: a molecule with none of the modalities
@@ -167,7 +174,8 @@ def _fuse_small_store(store, model_dir: str, drop: list[str] | None, batch_size:
                 if name in stored.names:
                     paired.values[name][has] = stored.values[name][rows]
                     paired.present[has, j] = stored.present[rows, stored.names.index(name)]
-            yield stage.fuse(paired, columns["smiles"][part], columns["source"][part], columns["row"][part])
+            yield stage.fuse(paired, columns["smiles"][part], columns["source"][part], columns["row"][part],
+                             columns["source_id"][part])
         if failures.num_rows:
             yield _failures_as_rows(failures, stage.names, stage.model.config.latent_dim)
 
@@ -230,7 +238,7 @@ def _build_pipeline(
     total = sum(int(r["inputs"]) for r in store.committed(INPUTS_TABLE).values())  # = molecules + failures
     cpus, _ = cluster_resources()
     paired = store.read_dataset(use)
-    molecules = ray.data.read_parquet(store.committed_files("molecules"), filesystem=store.fs).select_columns(["mol_id", "smiles", "source", "row"])
+    molecules = ray.data.read_parquet(store.committed_files("molecules"), filesystem=store.fs).select_columns(["mol_id", "smiles", "source", "row", "source_id"])
     joined = molecules.join(paired, join_type="left_outer", num_partitions=max(1, int(cpus)), on=("mol_id",))
     ds = joined.map_batches(
         FuseStoredStage, batch_size=batch_size, batch_format="numpy",
@@ -253,14 +261,37 @@ def write_part(table: pa.Table, out: str, empty_ok: bool = False) -> pa.Table:
     return pa.table({"rows": [table.num_rows], "failed": [table.num_rows - table.column("error").null_count]})
 
 
-def _empty_output(out: str) -> None:
-    """Remove what ``out`` holds (a rerun overwrites, as Ray's ``SaveMode.OVERWRITE`` does)."""
+# What write_part leaves in ``out``: its part files and, after a crash mid-write on a local disk,
+# atomic_write's hidden temp files.
+_OUTPUT_FILE = re.compile(r"(\.tmp-[0-9a-f]{32}-)?part-[0-9a-f]{32}\.parquet")
+
+
+def check_output(out: str) -> None:
+    """Refuse an ``out`` that a rerun may not overwrite: a file, or a folder holding anything but
+    an earlier embed's output (part-<32 hex>.parquet files), so a mistyped ``--out`` (``.``, the
+    model's folder, a folder of notes) never deletes what it holds. ValueError names one
+    stranger and how many there are; changes nothing."""
     fs, path = resolve(out)
     kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.Directory:
+    if kind == pafs.FileType.NotFound:
+        return
+    if kind != pafs.FileType.Directory:
+        raise ValueError(f"out {redact(out)} is a file; give a folder (new, empty, or an earlier embed output)")
+    held = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    strangers = sorted(i.base_name for i in held if i.type != pafs.FileType.File or not _OUTPUT_FILE.fullmatch(i.base_name))
+    if strangers:
+        raise ValueError(f"out {redact(out)} holds {len(strangers)} entr{'y' if len(strangers) == 1 else 'ies'} that "
+                         f"{'is' if len(strangers) == 1 else 'are'} not an earlier embed output (e.g. {strangers[0]!r}); "
+                         f"embed replaces what out holds, so give a new or empty folder")
+
+
+def _empty_output(out: str) -> None:
+    """Make ``out`` an empty folder (a rerun overwrites its earlier output, as Ray's
+    ``SaveMode.OVERWRITE`` does); ``check_output`` first, so nothing else is ever deleted."""
+    check_output(out)
+    fs, path = resolve(out)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
         fs.delete_dir_contents(path)
-    elif kind != pafs.FileType.NotFound:
-        fs.delete_file(path)
     fs.create_dir(path, recursive=True)
 
 
@@ -299,6 +330,7 @@ def embed(
     counted), or of the store, from its commits. The last call has done == total."""
     if (inputs is None) == (store_uri is None):
         raise ValueError("give input files or --store, not both")
+    check_output(out)  # before any work
     card = read_model_config(model_dir)
     started = time.time()
     report = Reporter(progress, log, "embed")

@@ -24,7 +24,7 @@ NAMES = ["ecfp", "maccs", "rdkit2d"]
 def library(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
     src = root / "lib.smi"
-    src.write_text("".join(f"{s}\n" for s in SMILES))
+    src.write_text("".join(f"{s} id{i}\n" for i, s in enumerate(SMILES, 1)))  # .smi: SMILES, then the id
     store = str(root / "store")
     featurize([str(src)], store, NAMES, log=lambda m: None)
     s = EmbeddingStore.open(store)
@@ -56,6 +56,7 @@ def test_embed_files_with_a_dropped_modality(library, monkeypatch):
     bad = table[table.error.notna()]
     assert sorted(bad.row) == [4, 8] and bad.embedding.isna().all()
     assert bad.error.str.contains("is invalid").all()
+    assert list(table.source_id) == [f"id{r}" for r in table.row]  # the input's ids, on failures too
     good = table[table.error.isna()]
     assert (good.attn_maccs == 0).all()
     assert all(list(p) == ["ecfp", "rdkit2d"] for p in good.present)
@@ -80,6 +81,8 @@ def check_stored_rows_reused(table, model_dir: str, rows: int) -> None:
     assert sorted(bad.row) == [4, 8] and bad.error.str.contains("is invalid").all()
     good = table[table.error.isna()]
     assert (good.attn_rdkit2d == 0).all() and all(list(p) == ["ecfp", "maccs"] for p in good.present)
+    # The input's ids, kept by the store (its failures keep source, row and the input text only).
+    assert list(good.source_id) == [f"id{r}" for r in good.row] and bad.source_id.isna().all()
     expected = {r["mol_id"]: r for r in FusionEmbedder(model_dir).embed_smiles(list(good.smiles), drop=["rdkit2d"])}
     for _, row in good.iterrows():
         np.testing.assert_allclose(row.embedding, expected[row.mol_id]["embedding"], atol=1e-5)
@@ -102,6 +105,11 @@ def test_embed_errors_are_one_line(library, capsys):
     assert dmf(["embed", "--model", model_dir, src, "--out", str(root / "x"), "--drop-modalities", "nope"]) == 2
     assert "unknown modality 'nope'" in capsys.readouterr().err
     assert dmf(["embed", "--model", str(root / "missing"), src, "--out", str(root / "x")]) == 2
+    # --out at the model's own folder: refused, the model kept (embed replaces what out holds).
+    capsys.readouterr()
+    assert dmf(["embed", "--model", model_dir, src, "--out", model_dir]) == 2
+    assert "not an earlier embed output" in capsys.readouterr().err
+    FusionEmbedder(model_dir)  # still loads
 
 
 @pytest.mark.slow

@@ -44,3 +44,46 @@ def test_a_modality_the_encoder_refuses_is_named_with_its_reason(tmp_path):
     assert errors[0] == [] and errors[2] == []
     ((name, reason),) = errors[1]
     assert name == "atompair" and "600 heavy atoms" in reason and "500" in reason
+
+
+def test_the_id_column_is_kept_as_source_id_on_every_row(tmp_path):
+    """--id-column: each output row carries its input's id, an unparsable SMILES's row too (the
+    user joins the vectors back to their compounds by it); a row too malformed to split has none."""
+    path = tmp_path / "library.csv"
+    path.write_text("smiles,name\nCCO,ethanol\nc1ccccc1,benzene,extra,fields\nbad(,broken\nCC(=O)O,acetic acid\n")
+    (file,) = discover_inputs([str(path)], id_column="name")
+    table = pa.concat_tables(list(read_rows_stage({"file": [file.__dict__]}, chunk_rows=100)))
+    model = save_random_model(tmp_path / "model", SMILES, ["maccs"], latent_dim=8, gate_hidden=8,
+                              attention_hidden=4, decoder_hidden=8)
+    out = EmbedSmilesStage(model, drop=None)(table)
+    assert out.column("source_id").to_pylist() == ["ethanol", None, "broken", "acetic acid"]
+    assert out.column("error").null_count == 2  # ethanol and acetic acid embedded
+
+
+def test_out_holding_anything_but_an_earlier_output_is_refused_and_kept(tmp_path):
+    """embed replaces what --out holds: a folder of the user's files (or a file) is refused before
+    any work, with nothing deleted; a new folder or an earlier embed output is accepted."""
+    import pytest
+
+    from dmf_ray.pipelines.embed import _empty_output, check_output, write_part
+
+    notes = tmp_path / "work"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "important_notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds 2 entries that are not an earlier embed output .*'important_notes.txt'"):
+        _empty_output(str(notes))
+    assert (notes / "important_notes.txt").read_text() == "keep me" and (notes / "sub").is_dir()
+    with pytest.raises(ValueError, match="is a file"):
+        check_output(str(notes / "important_notes.txt"))
+
+    check_output(str(tmp_path / "new"))  # not there yet
+    earlier = tmp_path / "earlier"
+    model = save_random_model(tmp_path / "model", SMILES, ["maccs"], latent_dim=8, gate_hidden=8,
+                              attention_hidden=4, decoder_hidden=8)
+    write_part(EmbedSmilesStage(model, drop=None)(pa.table({"smiles": ["CCO"], "source": ["a.smi"], "row": [1]})),
+               str(earlier))
+    _empty_output(str(earlier))
+    assert list(earlier.iterdir()) == []
+    # The model's own folder is not an embed output either.
+    with pytest.raises(ValueError, match="not an earlier embed output"):
+        check_output(model)
