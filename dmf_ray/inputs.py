@@ -134,6 +134,8 @@ def _pick_column(uri: str, schema: pa.Schema, wanted: str | None, role: str) -> 
         chosen = next((g for g in SMILES_COLUMN_GUESSES if g in columns), None)
         if chosen is None:
             raise InputError(f"{uri}: no SMILES column found; name it with --smiles-column (columns: {', '.join(columns)})")
+    if columns.count(chosen) > 1:  # which one is meant is anyone's guess (and pyarrow refuses to pick)
+        raise InputError(f"{uri}: the header names column {chosen!r} {columns.count(chosen)} times; rename all but one")
     kind = schema.field(chosen).type
     if pa.types.is_dictionary(kind):
         kind = kind.value_type

@@ -139,6 +139,18 @@ def test_a_column_of_the_wrong_type_is_named(tmp_path):
     assert [(s, i) for _, s, i, _ in _all_rows(tmp_path / "c.csv", id_column="id")] == [("1", "2"), ("CCO", "3")]
 
 
+def test_a_repeated_column_name_is_refused_when_it_is_the_one_used(tmp_path):
+    """A header that names the SMILES (or id) column twice is refused in one line, not a
+    KeyError from the reader; a repeated column that is not used is left alone."""
+    (tmp_path / "a.csv").write_text("smiles,smiles\nCCO,CCN\n")
+    with pytest.raises(InputError, match=r"a.csv: the header names column 'smiles' 2 times; rename all but one"):
+        discover_inputs([str(tmp_path / "a.csv")])
+    (tmp_path / "b.tsv").write_text("smiles\tname\tname\nCCO\ta\tb\n")
+    with pytest.raises(InputError, match=r"column 'name' 2 times"):
+        discover_inputs([str(tmp_path / "b.tsv")], id_column="name")
+    assert [s for _, s, _, _ in _all_rows(tmp_path / "b.tsv")] == ["CCO"]
+
+
 def test_files_without_a_known_extension_are_recognised_by_content(tmp_path):
     (tmp_path / "test").write_text("chembl_id\tcanonical_smiles\tstandard_inchi\nCHEMBL1\tCCO\tInChI=1S/x\n")
     (tmp_path / "lib.ism").write_text("CCO ethanol\nc1ccccc1 benzene\n")
