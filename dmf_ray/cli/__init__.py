@@ -109,7 +109,27 @@ def main(argv: list[str] | None = None, own_process: bool | None = None) -> int:
         if not isinstance(exc, _user_errors()):
             raise
         print(f"dmf: error: {error_line(exc, args)}", file=sys.stderr)
+        if console.owns_process() and not _ray_started():
+            _exit_now(EXIT_USAGE)
         return EXIT_USAGE
+
+
+def _ray_started() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` at once, skipping interpreter teardown. Only for a user
+    error before Ray started (nothing to clean up): with torch and a pyarrow CSV reader both
+    loaded (dmf embed's checks of its input files), teardown aborted about half the time
+    ("terminate called without an active exception", exit 134 instead of 2; torch 2.13,
+    pyarrow 26), which scripts read as a crash."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

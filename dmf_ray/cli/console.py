@@ -176,6 +176,11 @@ def own_process(yes: bool) -> None:
     _state["own_process"] = yes
 
 
+def owns_process() -> bool:
+    """What ``own_process`` was last told (False before it is)."""
+    return bool(_state.get("own_process"))
+
+
 @contextlib.contextmanager
 def follow(bar: Step, measure: Callable[[], float], total: float | None, every_s: float = 1.0) -> Iterator[None]:
     """Move ``bar`` to ``measure()`` every ``every_s`` seconds while the block runs: progress of

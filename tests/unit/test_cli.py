@@ -252,3 +252,19 @@ def test_a_workflow_gets_a_progress_callback_only_when_a_bar_is_shown():
     assert console.with_progress(workflow, console.Step()) is None
     shown = console.Step(object(), 0)  # any progress display: only its presence matters here
     assert console.with_progress(workflow, shown) == shown.update
+
+
+def test_an_embed_input_error_exits_2_every_time(tmp_path):
+    """dmf embed refusing an input file before Ray: one line and exit 2, never an abort at
+    interpreter teardown (torch + pyarrow's CSV reader made it exit 134 about half the time)."""
+    from dmf_ray.testing import save_random_model
+
+    model = save_random_model(tmp_path / "model", ["CCO", "c1ccccc1"], ["maccs"], latent_dim=8, gate_hidden=8,
+                              attention_hidden=4, decoder_hidden=8)
+    (tmp_path / "in.csv").write_text("smiles,name\nCCO,a\n")
+    command = [sys.executable, "-m", "dmf_ray.cli", "embed", "--model", str(model), str(tmp_path / "in.csv"),
+               "--smiles-column", "nope", "--out", str(tmp_path / "out")]
+    for _ in range(5):  # the abort was a teardown race: five clean exits in a row
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == f"dmf: error: {tmp_path / 'in.csv'}: no column 'nope' (columns: smiles, name)"
