@@ -153,6 +153,17 @@ def test_edited_inputs_replace_their_old_shards_and_a_rerun_with_nothing_to_do_s
     assert (info["inputs"], info["failed"], info["molecules"], info["shards"]) == (3, 0, 3, 2)
     assert_one_row_per_molecule(store)  # the vectors of the removed molecule went too
 
+    # Edited again and rerun with one of the two encoders: the removed molecule's vectors go
+    # from the modality not rerun too, and no "interrupted run" is reported (none was).
+    path.write_text("CCO a\nCCN b\n")
+    logged = []
+    featurize([str(path)], store, ["ecfp"], shard_rows=2, log=logged.append)
+    assert not any("interrupted run" in line for line in logged), logged
+    s = EmbeddingStore.open(store)
+    assert set(s.modality_table("maccs", ["mol_id"]).column("mol_id").to_pylist()) <= \
+        set(s.molecules_table(["mol_id"]).column("mol_id").to_pylist())
+    assert_one_row_per_molecule(store)
+
 
 DRIVER = """
 import sys, ray

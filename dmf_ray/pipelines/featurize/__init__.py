@@ -162,12 +162,16 @@ def _prepare_run(store: EmbeddingStore, files: list[InputFile], log: Callable[[s
     """Take the store's lease (fencing a previous run's writers), replace the shards of input
     files that changed, and delete what no commit vouches for."""
     store.begin_run()
-    replaced = store.supersede({f.source: f.key for f in files})
-    for source, count in replaced.items():
-        log(f"{source} changed since it was featurized: its {count} old shard(s) are replaced")
+    # Before anything is retracted, so the count is an interrupted run's files only (the
+    # replaced shards' files are deleted just below, and said so).
     removed = store.remove_uncommitted()
     if removed:
         log(f"removed {removed} uncommitted file(s) left by an interrupted run")
+    replaced = store.supersede({f.source: f.key for f in files})
+    for source, count in replaced.items():
+        log(f"{source} changed since it was featurized: its {count} old shard(s) are replaced")
+    if replaced:
+        store.remove_uncommitted()
 
 
 def featurize(
@@ -255,6 +259,10 @@ def _run(store: EmbeddingStore, store_uri: str, files: list[InputFile], chosen: 
         raise RuntimeError(f"{len(incomplete)} shard-modalities were written only in part, e.g. {incomplete[0]}; rerun to finish them")
     report(shards.rows_done, shards.rows_done)
     duplicates = {n: store.deduplicate(n) for n in names}
+    # A replaced input file leaves vectors of molecules no input holds now in every modality,
+    # also those this run did not compute (a rerun with fewer encoders): dropped there too.
+    for other in sorted(set(store.modalities) - set(names)):
+        store.deduplicate(other)
     # What this run added to each table: its committed rows less the copies of molecules that
     # several of its shards held (removed just above).
     encoded = {n: sum(record["rows"] for shard, record in store.committed(modality_table(n)).items()
