@@ -107,6 +107,20 @@ def test_clear_errors(folder, tmp_path):
         load_task(folder, smiles_column="smi")
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         load_task(tmp_path / "missing.csv")
+    # A near miss is pointed at; a wide table's columns are listed in one short line.
+    with pytest.raises(TaskError, match=r"label column 'ACT_b' not found \(did you mean 'act_b'\?\)"):
+        load_task(folder, label_columns=["ACT_b"])
+    wide = tmp_path / "wide.csv"
+    wide.write_text("smiles," + ",".join(f"c{i}" for i in range(600)) + "\nCCO," + ",".join("1" * 600) + "\n")
+    with pytest.raises(TaskError) as err:
+        load_task([str(wide)] * 3, label_columns=["zz"])
+    assert "... (601 in all)" in str(err.value) and "c599" not in str(err.value)
+    # A malformed row: pandas' message, once, on one line.
+    broken = tmp_path / "broken.csv"
+    broken.write_text("smiles,y\nCCO,1\nCCN,0,5\n")
+    with pytest.raises(TaskError) as err:
+        load_task([str(broken)] * 3)
+    assert "\n" not in str(err.value) and str(err.value).count("cannot read") == 1
 
     (tmp_path / "nosmiles.csv").write_text("structure,y\nCCO,1\nCCN,0\n")
     with pytest.raises(TaskError, match=r"nosmiles\.csv: no SMILES column"):

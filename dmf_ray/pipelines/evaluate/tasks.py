@@ -122,6 +122,23 @@ class TaskError(ValueError):
     """A task cannot be loaded; the message names the file and column at fault."""
 
 
+def _columns_text(columns: Sequence[str], shown: int = 12) -> str:
+    """The column names for an error line: the first ``shown`` and how many more (sider has 28
+    columns, bace ~590: a line, not a screen)."""
+    names = [str(c) for c in columns]
+    more = f" ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(repr(n) for n in names[:shown]) + more
+
+
+def _closest(name: str, columns: Sequence[str]) -> str:
+    """'' or "; did you mean 'X'?" (difflib, case-insensitive) for a column name not found."""
+    import difflib
+
+    lower = {str(c).lower(): str(c) for c in columns}
+    match = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
+    return f" (did you mean {lower[match[0]]!r}?)" if match else ""
+
+
 def _read_table(path: Path):
     import pandas as pd
 
@@ -133,7 +150,9 @@ def _read_table(path: Path):
         # Read everything as text: we decide what is numeric, and ids keep leading zeros.
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - re-raise with the file name
-        raise TaskError(f"cannot read {path}: {exc}") from exc
+        # One line: pandas ends its parser messages with a newline, which read as a multi-line
+        # config error and printed the message twice.
+        raise TaskError(f"cannot read {path}: {' '.join(str(exc).split())}") from exc
 
 
 def _find_smiles_column(columns: Sequence[str], path: Path) -> str:
@@ -208,7 +227,7 @@ def _auto_labels(df, smiles_col: str, path: Path, task_name: str) -> tuple[list[
     ]
     if not candidates:
         raise TaskError(
-            f"{path}: no label columns found: columns are {list(df.columns)}; no numeric "
+            f"{path}: no label columns found: columns are {_columns_text(df.columns)}; no numeric "
             f"column other than the SMILES column {smiles_col!r} and id-like columns. "
             "Pass label_columns= (--label NAME)."
         )
@@ -261,7 +280,8 @@ def _columns(tables: dict, smiles_col: str, label_names: list[str]) -> dict[Path
     for p, df in tables.items():
         for col, what in [(smiles_col, "SMILES")] + [(c, "label") for c in label_names]:
             if col not in df.columns:
-                raise TaskError(f"{p}: {what} column {col!r} not found; columns are {list(df.columns)}")
+                raise TaskError(f"{p}: {what} column {col!r} not found{_closest(col, df.columns)}; "
+                                f"columns are {_columns_text(df.columns)}")
         smi = [s.strip() for s in df[smiles_col].tolist()]
         y = np.column_stack([_to_float(df[c].tolist(), p, c) for c in label_names]) if len(df) else (
             np.zeros((0, len(label_names)))
