@@ -225,7 +225,19 @@ def _smi_records(fs: pafs.FileSystem, file: InputFile, path: str) -> Iterator[tu
                 continue  # blank lines are not rows
             if line_number == 1 and tokens[0].lower() in HEADER_WORDS:
                 continue
-            yield line_number, tokens[0], (tokens[1] if len(tokens) > 1 else None), None
+            smiles, rest = _cxsmiles_split(tokens)
+            yield line_number, smiles, (rest[0] if rest else None), None
+
+
+def _cxsmiles_split(tokens: list[str]) -> tuple[str, list[str]]:
+    """A .smi line's SMILES and the tokens after it. A CXSMILES extension (``C[C@H](O)CC
+    |&1:1| name``: a space, then a block between bars) belongs to the SMILES, so the id is the
+    token after it, not the block; RDKit reads the extension with the SMILES."""
+    if len(tokens) > 1 and tokens[1].startswith("|"):
+        end = next((i for i in range(1, len(tokens)) if tokens[i].endswith("|") and (i > 1 or len(tokens[1]) > 1)), None)
+        if end is not None:
+            return " ".join(tokens[: end + 1]), tokens[end + 1 :]
+    return tokens[0], tokens[1:]
 
 
 def _table_batches(fs: pafs.FileSystem, file: InputFile, path: str, bad: list):

@@ -20,6 +20,18 @@ def test_smi_with_header_blank_lines_and_ids(tmp_path):
     assert rows == [(2, "CCO", "ethanol"), (5, "c1ccccc1", "benzene"), (6, "C1CC", None)]
 
 
+def test_a_cxsmiles_extension_stays_with_its_smiles_and_the_id_follows_it(tmp_path):
+    path = tmp_path / "lib.smi"
+    path.write_text("C[C@H](O)CC |&1:1| butanol-racemic\nCCO ethanol\nC[C@@H](N)C(=O)O |o1:1|\n")
+    (file,) = discover_inputs([str(path)])
+    rows, _ = _rows(file)
+    assert rows == [(1, "C[C@H](O)CC |&1:1|", "butanol-racemic"), (2, "CCO", "ethanol"),
+                    (3, "C[C@@H](N)C(=O)O |o1:1|", None)]
+    from dmf_ray.molecules import canonical_id
+
+    assert canonical_id(rows[0][1]) == canonical_id("C[C@H](O)CC")  # RDKit reads the extension
+
+
 def test_gzip_csv_with_chosen_columns(tmp_path):
     path = tmp_path / "lib.csv.gz"
     with gzip.open(path, "wt") as f:
