@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None, own_process: bool | None = None) -> int:
         return 130
     except Exception as exc:
         if not isinstance(exc, _user_errors()):
+            logs = console.ray_logs_dir() if _ray_started() else None
+            if logs:  # where Ray's side of the failure is (session_latest may be another session's)
+                print(f"dmf: Ray's logs of this run: {logs}", file=sys.stderr)
             raise
         print(f"dmf: error: {error_line(exc, args)}", file=sys.stderr)
         if console.owns_process() and not _ray_started():

@@ -70,10 +70,11 @@ def quiet_ray() -> None:
     for name in ("ray.train", "ray.tune", "ray.serve"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if _state["own_process"]:
-        _c_stderr_to(_ray_logs_dir())
+        _c_stderr_to(ray_logs_dir())
 
 
-def _ray_logs_dir() -> str | None:
+def ray_logs_dir() -> str | None:
+    """This driver's Ray session log folder (None before ray.init)."""
     try:
         import ray
 

@@ -43,3 +43,21 @@ def test_failed_pipeline_frees_its_actors_while_the_error_is_kept(ray_session):
         assert _cpus_free_within(ray, 30) == ray.cluster_resources()["CPU"]
     # And the next pipeline runs, rather than waiting for CPUs that nobody gives back.
     assert ray.data.range(4).map_batches(lambda b: b, num_cpus=1).count() == 4
+
+
+def test_a_crash_after_ray_started_names_this_sessions_log_folder(ray_session, monkeypatch, capsys, tmp_path):
+    """An unexpected error (not a user error) after Ray started: dmf names the log folder of its
+    own session (session_latest may be another Ray's), then lets the traceback through."""
+    import ray
+
+    from dmf_ray.cli import main
+    from dmf_ray.cli import store as store_cli
+
+    def crash(store, as_json):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store_cli, "print_store_info", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["store", "info", str(tmp_path)])
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    assert f"dmf: Ray's logs of this run: {logs}" in capsys.readouterr().err

@@ -122,7 +122,7 @@ def _commit_statuses(
         if time.time() - last_log > progress_interval_s:
             last_log = time.time()
             shards_done = len({k[0] for k in shards.written})
-            log(f"featurize: {shards.vectors:,} vectors written for {shards_done} shard(s) "
+            log(f"featurize: so far {shards.vectors:,} vectors written (all modalities) for {shards_done} shard(s) "
                 f"({shards.vectors / max(1e-9, last_log - started):,.0f} vectors/s)")
     return shards
 
