@@ -14,9 +14,10 @@ Output: a Parquet dataset (a folder) with one row per input row, aligned with a 
 ``modality_errors`` (map modality -> why its encoder refused this molecule; null for a row that
 never reached the encoders, and for rows fused from a store, whose modality files hold those
 reasons), ``error`` (null or the reason), plus
-``source``/``row`` to trace the row back. Each Parquet
+``source``/``row``/``source_id`` to trace the row back. Each Parquet
 file (``part-<random>.parquet``) is written whole by the task that fused its rows, which tells
-the driver its row count (the progress reports). Rerunning overwrites the output.
+the driver its row count (the progress reports). Rerunning replaces the output; an ``out``
+holding anything else is refused (``check_output``).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def _columns_text(columns: Sequence[str], shown: int = 12) -> str:
 
 
 def _closest(name: str, columns: Sequence[str]) -> str:
-    """'' or "; did you mean 'X'?" (difflib, case-insensitive) for a column name not found."""
+    """'' or " (did you mean 'X'?)" (difflib, case-insensitive) for a column name not found."""
     import difflib
 
     lower = {str(c).lower(): str(c) for c in columns}
