@@ -173,6 +173,10 @@ def main(argv=None) -> int:
         # Small reservations so the app fits a 2-CPU machine; replicas pinned so runs compare.
         "ingress": {"num_cpus": 0.25, "autoscaling": None, "num_replicas": 1},
         "encoders": {**pinned, "num_replicas": args.encoder_replicas},
+        # A neural encoder's own deployment (e.g. chemnet); on a cluster without GPUs it runs on
+        # the CPU, as `dmf serve` is told with --gpu-encoders-num-gpus 0.
+        "gpu_encoders": {**pinned, "num_replicas": args.encoder_replicas,
+                         **({} if ray.cluster_resources().get("GPU", 0) else {"num_gpus": 0})},
         "fusion": {**pinned, "max_batch_molecules": max(most, 4096)},
     }
     # Per-request access logs cost ~1 ms of CPU per hop on a small node; off by default, as in

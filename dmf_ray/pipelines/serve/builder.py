@@ -78,7 +78,7 @@ class EncoderPlan:
     options: dict[str, Any]
     step_atoms: int
     max_step_molecules: int
-    together: bool  # one encoder call per step across requests (GPU batching)
+    together: bool  # one encoder call per step across requests (a neural encoder, on GPU or CPU)
 
 
 def plan_encoders(args: ServeArgs, groups: dict[str, list[str]],
@@ -90,12 +90,15 @@ def plan_encoders(args: ServeArgs, groups: dict[str, list[str]],
     for name, mods in groups.items():
         d, gpus = roles[name]
         # On a GPU a batch costs about the same for 1 or 512 molecules, so requests are batched
-        # together in large steps; on a CPU encoders loop per molecule, so small steps cost
-        # nothing and a one-molecule request does not wait behind a 512-molecule step.
+        # together in large steps; on a CPU steps stay small, so a one-molecule request does not
+        # wait behind a 512-molecule step. The CPU encoders (RDKit) loop per molecule, so each
+        # request's slice can be its own call; a neural encoder run on the CPU pays a fixed cost
+        # per call, so its step is one call over every request's slice: job by job, 4 clients of
+        # 256 molecules each got 57 mol/s from ChemNet against 192 for one client (2 cores).
         gpu = gpus > 0
         step_atoms = max(args.encode_step_atoms, 64 * d.max_batch_molecules) if gpu else args.encode_step_atoms
         plans[name] = EncoderPlan(mods, deployment_options(d, gpus, args.access_log), step_atoms,
-                                  d.max_batch_molecules, gpu)
+                                  d.max_batch_molecules, together=gpu or name != CPU_ENCODERS)
     return plans
 
 

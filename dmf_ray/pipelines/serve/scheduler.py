@@ -126,7 +126,8 @@ class EncodeQueue:
 
     def _encode_step(self, step: list[tuple[Job, int, int]], loop: asyncio.AbstractEventLoop) -> None:
         """Encode one step (worker thread). Together: one call per encoder over every job's slice
-        (a GPU batch costs about the same for 1 or 512 molecules). Otherwise job by job, the
+        (a GPU batch costs about the same for 1 or 512 molecules; a neural encoder on the CPU has
+        a fixed cost per call). Otherwise job by job, the
         smallest slice first, each job answered as soon as its last slice is done, so a small
         request does not wait for the rest of the step. A job cancelled meanwhile is left out."""
         self.stats.steps += 1
