@@ -77,7 +77,7 @@ def featurize_rate(name: str, smiles: list[str], cpus: int) -> tuple[float, floa
     progress: list[tuple[float, int]] = []  # (time, vectors written) from featurize's progress lines
 
     def log(message: str) -> None:
-        found = re.match(r"featurize: ([\d,]+) vectors written", message)
+        found = re.match(r"featurize: so far ([\d,]+) vectors written", message)
         if found:
             progress.append((time.perf_counter(), int(found.group(1).replace(",", ""))))
 

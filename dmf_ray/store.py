@@ -401,9 +401,10 @@ class EmbeddingStore:
         return int(sum(i.size or 0 for i in infos if i.type == pafs.FileType.File))
 
     # ---- maintenance ---------------------------------------------------------------------
-    def deduplicate(self, name: str) -> int:
+    def deduplicate(self, name: str, current: np.ndarray | None = None) -> int:
         """Keep one row per mol_id in a modality (the first in file order), and only molecules
-        some committed input shard holds; returns the duplicate rows removed.
+        some committed input shard holds (``current``: their ids, if the caller has read them
+        already); returns the duplicate rows removed.
 
         Two shards of one run can hold the same molecule (it was in two files); neither knew
         of the other while encoding. Both rows hold the same vector, so either may stay. A
@@ -413,7 +414,8 @@ class EmbeddingStore:
             return 0
         ids = [pq.read_table(f, filesystem=self.fs, columns=["mol_id"]).column("mol_id") for f in files]
         all_ids = np.concatenate([c.to_numpy(zero_copy_only=False) for c in ids]) if ids else np.array([], object)
-        current = self.molecules_table(["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
+        if current is None:
+            current = self.molecules_table(["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
         orphan = ~np.isin(all_ids, current)
         duplicated = _duplicated(all_ids) & ~orphan
         if not (duplicated | orphan).any():

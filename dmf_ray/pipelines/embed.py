@@ -60,7 +60,7 @@ def output_schema(modalities: list[str], latent_dim: int) -> pa.Schema:
         ("error", pa.string()),
         ("source", pa.string()),
         ("row", pa.int64()),
-        ("source_id", pa.string()),  # the input's id column (--id-column); null without one
+        ("source_id", pa.string()),  # the input's id (--id-column, or a .smi line's second token); else null
     ]
     return pa.schema(fields)
 
@@ -262,9 +262,11 @@ def write_part(table: pa.Table, out: str, empty_ok: bool = False) -> pa.Table:
     return pa.table({"rows": [table.num_rows], "failed": [table.num_rows - table.column("error").null_count]})
 
 
-# What write_part leaves in ``out``: its part files and, after a crash mid-write on a local disk,
-# atomic_write's hidden temp files.
-_OUTPUT_FILE = re.compile(r"(\.tmp-[0-9a-f]{32}-)?part-[0-9a-f]{32}\.parquet")
+# What an embed leaves in ``out``: write_part's part files and, after a crash mid-write on a local
+# disk, atomic_write's hidden temp files; or, from an embed before 2026-12-03, Ray Data's own
+# names (<dataset uuid>[_<write uuid>]_<task:06>[_<block:06>].parquet).
+_OUTPUT_FILE = re.compile(r"(\.tmp-[0-9a-f]{32}-)?part-[0-9a-f]{32}\.parquet"
+                          r"|[0-9a-f]{32}(_[0-9a-f]{32})?_\d{6}(_\d{6})?\.parquet")
 
 
 def check_output(out: str) -> None:

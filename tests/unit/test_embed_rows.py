@@ -84,6 +84,13 @@ def test_out_holding_anything_but_an_earlier_output_is_refused_and_kept(tmp_path
                str(earlier))
     _empty_output(str(earlier))
     assert list(earlier.iterdir()) == []
+    # An output written before 2026-12-03 carries Ray Data's own file names: still ours to replace.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / f"{'a' * 32}_000000_000000.parquet").write_bytes(b"PAR1")
+    (old / f"{'b' * 32}_{'c' * 32}_000001.parquet").write_bytes(b"PAR1")
+    _empty_output(str(old))
+    assert list(old.iterdir()) == []
     # The model's own folder is not an embed output either.
     with pytest.raises(ValueError, match="not an earlier embed output"):
         check_output(model)

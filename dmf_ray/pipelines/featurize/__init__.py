@@ -258,11 +258,13 @@ def _run(store: EmbeddingStore, store_uri: str, files: list[InputFile], chosen: 
     if incomplete:
         raise RuntimeError(f"{len(incomplete)} shard-modalities were written only in part, e.g. {incomplete[0]}; rerun to finish them")
     report(shards.rows_done, shards.rows_done)
-    duplicates = {n: store.deduplicate(n) for n in names}
-    # A replaced input file leaves vectors of molecules no input holds now in every modality,
-    # also those this run did not compute (a rerun with fewer encoders): dropped there too.
+    current = store.molecules_table(["mol_id"]).column("mol_id").to_numpy(zero_copy_only=False)
+    duplicates = {n: store.deduplicate(n, current) for n in names}
+    # A replaced input file (this run's or an interrupted one's) leaves vectors of molecules no
+    # input holds now in every modality, also those this run did not compute (a rerun with fewer
+    # encoders): dropped there too. Costs a read of their mol_id columns.
     for other in sorted(set(store.modalities) - set(names)):
-        store.deduplicate(other)
+        store.deduplicate(other, current)
     # What this run added to each table: its committed rows less the copies of molecules that
     # several of its shards held (removed just above).
     encoded = {n: sum(record["rows"] for shard, record in store.committed(modality_table(n)).items()

@@ -85,7 +85,8 @@ def plan_encoders(args: ServeArgs, groups: dict[str, list[str]],
                   roles: dict[str, tuple[DeploymentArgs, float]]) -> dict[str, EncoderPlan]:
     """Deployment name -> ``EncoderPlan``, from the GPUs each deployment is actually given
     (``roles``), not from its kind: a GPU encoder run on the CPU (``gpu_encoders.num_gpus: 0``,
-    ``dmf serve``'s fallback on a machine without GPUs) gets the CPU encoders' small fair steps."""
+    ``dmf serve``'s fallback on a machine without GPUs) gets the CPU encoders' small fair steps,
+    each encoded in one call over every waiting request's share."""
     plans = {}
     for name, mods in groups.items():
         d, gpus = roles[name]

@@ -99,8 +99,6 @@ def check_tune(config: TuneConfig, training: TrainingEntry, log: Callable[[str],
     base = config.fixed()
     # Absolute: a trial runs in its own trial directory, where a relative path means nothing.
     base.update(store=absolute(config.store), epochs=config.epochs)
-    if base.get("storage_path"):
-        base["storage_path"] = absolute(base["storage_path"])
     dims = config.dims()
     probe_out = str(out / TUNE_DIR / "check")
     problems = _settings_problems(config, training, base, dims, probe_out) + _entries_problems(config, training, tasks)
