@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="Serve HTTP port on 127.0.0.1 (default: 8000)")
     p.add_argument("--encoder-replicas", type=int, default=1,
                    help="fixed Encoders replicas (autoscaling off, so runs compare; default: 1)")
+    p.add_argument("--encode-step-atoms", type=int, default=None,
+                   help="heavy atoms per encoder step on the CPU (ServeArgs.encode_step_atoms; default: its default)")
     p.add_argument("--separate-fusion", action="store_true", help="fusion model in its own deployment")
     p.add_argument("--smiles-file", help="SMILES file (first column); default: RDKit's NCI first_5K.smi")
     p.add_argument("--access-log", action="store_true", help="keep Serve's per-request access logs on")
@@ -182,6 +184,8 @@ def main(argv=None) -> int:
     # Per-request access logs cost ~1 ms of CPU per hop on a small node; off by default, as in
     # `dmf serve` (ServeArgs.access_log).
     app_args["access_log"] = args.access_log
+    if args.encode_step_atoms is not None:
+        app_args["encode_step_atoms"] = args.encode_step_atoms
     logging_config = None if args.access_log else {"log_level": "WARNING"}
     serve.run(build_app(app_args), name="dmf-bench", route_prefix="/bench", logging_config=logging_config)
 

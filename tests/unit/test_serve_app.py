@@ -35,13 +35,14 @@ def test_gpu_encoder_run_on_the_cpu_gets_cpu_steps_in_one_call():
     assert gpu_fallback(args, attached=True, cluster_gpus=0.0) is args
     # It fits beside the CPU encoders on a 2-CPU machine (the quickstart model's `dmf serve`).
     assert fallback.gpu_encoders.num_cpus == 0.1 and args.gpu_encoders.num_cpus == 1.0
-    for name, plan in plans(fallback).items():
+    for plan in plans(fallback).values():
         assert plan.options["ray_actor_options"]["num_gpus"] == 0.0
-        assert plan.step_atoms == args.encode_step_atoms, name
-    # On the CPU the RDKit encoders go request by request; the neural one batches every request's
-    # slice of a step into one call (its cost is per call: 4 clients x 256 molecules got a third
-    # of one client's throughput job by job).
-    assert plans(fallback)["Encoder-chemnet"].together and not plans(fallback)["Encoders"].together
+    # On the CPU the RDKit encoders go request by request in small steps; the neural one encodes
+    # every request's share of a larger step in one call (its cost is per call: 4 clients x 256
+    # molecules got a third of one client's throughput job by job in 200-atom steps).
+    cpu, neural = plans(fallback)["Encoders"], plans(fallback)["Encoder-chemnet"]
+    assert not cpu.together and cpu.step_atoms == args.encode_step_atoms == 200
+    assert neural.together and neural.step_atoms == args.neural_step_atoms == 800
 
 
 def test_attaching_to_a_running_serve_refuses_a_taken_name_and_says_which_address():

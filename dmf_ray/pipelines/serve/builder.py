@@ -94,12 +94,14 @@ def plan_encoders(args: ServeArgs, groups: dict[str, list[str]],
         # together in large steps; on a CPU steps stay small, so a one-molecule request does not
         # wait behind a 512-molecule step. The CPU encoders (RDKit) loop per molecule, so each
         # request's slice can be its own call; a neural encoder run on the CPU pays a fixed cost
-        # per call, so its step is one call over every request's slice: job by job, 4 clients of
-        # 256 molecules each got 57 mol/s from ChemNet against 192 for one client (2 cores).
-        gpu = gpus > 0
-        step_atoms = max(args.encode_step_atoms, 64 * d.max_batch_molecules) if gpu else args.encode_step_atoms
+        # per call, so its step is one call over every request's slice, and larger: job by job in
+        # 200-atom steps, 4 clients of 256 molecules each got 57 mol/s from ChemNet against 192
+        # for one client (2 cores); one call per step 137, with 800-atom steps 229.
+        gpu, neural = gpus > 0, name != CPU_ENCODERS
+        step_atoms = (max(args.encode_step_atoms, 64 * d.max_batch_molecules) if gpu
+                      else args.neural_step_atoms if neural else args.encode_step_atoms)
         plans[name] = EncoderPlan(mods, deployment_options(d, gpus, args.access_log), step_atoms,
-                                  d.max_batch_molecules, together=gpu or name != CPU_ENCODERS)
+                                  d.max_batch_molecules, together=gpu or neural)
     return plans
 
 
