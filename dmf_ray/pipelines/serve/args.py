@@ -132,7 +132,7 @@ class ServeArgs(_Args):
     neural_step_atoms: int = Field(
         800, ge=1, description="heavy atoms a neural encoder (chemnet, chemprop, hf) run on the CPU takes per step, "
         "in one call over every waiting request's share: its cost is mostly per call, so small steps waste it "
-        "(ChemNet, 2 cores, 4 clients x 256 molecules: 137 mol/s at 200, 229 at 800; one step ~0.1 s)"
+        "(ChemNet, 2 cores, 4 clients x 256 molecules: 137 mol/s at 200, 235 at 800; one step ~0.1 s)"
     )
     access_log: bool = Field(False, description="Serve's per-request access log lines (proxy and replicas)")
     num_cpus: int | None = Field(

@@ -96,7 +96,7 @@ def plan_encoders(args: ServeArgs, groups: dict[str, list[str]],
         # request's slice can be its own call; a neural encoder run on the CPU pays a fixed cost
         # per call, so its step is one call over every request's slice, and larger: job by job in
         # 200-atom steps, 4 clients of 256 molecules each got 57 mol/s from ChemNet against 192
-        # for one client (2 cores); one call per step 137, with 800-atom steps 229.
+        # for one client (2 cores); one call per step 137, with 800-atom steps 235.
         gpu, neural = gpus > 0, name != CPU_ENCODERS
         step_atoms = (max(args.encode_step_atoms, 64 * d.max_batch_molecules) if gpu
                       else args.neural_step_atoms if neural else args.encode_step_atoms)
