@@ -42,7 +42,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """A (filesystem, path) pair; plain paths are local and made absolute."""
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    return pafs.LocalFileSystem(), absolute(uri)
 
 
 def absolute(uri: str) -> str:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dmf_ray.files import (absolute, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, delete_files, exists, is_remote, join, join_uri,
-                           mirror_files, redact, resolve, staging_dir)
+from dmf_ray.files import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, absolute, delete_files, exists, is_remote, join,
+                           join_uri, mirror_files, redact, resolve, staging_dir)
 from dmf_ray.pipelines.train.config import RUN_FILE, TRAIN_DIR, TrainConfig
 
 OutStatus = Literal["complete", "resume", "fresh"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
