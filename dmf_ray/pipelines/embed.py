@@ -271,7 +271,7 @@ _OUTPUT_FILE = re.compile(r"(\.tmp-[0-9a-f]{32}-)?part-[0-9a-f]{32}\.parquet"
 
 def check_output(out: str) -> None:
     """Refuse an ``out`` that a rerun may not overwrite: a file, or a folder holding anything but
-    an earlier embed's output (part-<32 hex>.parquet files), so a mistyped ``--out`` (``.``, the
+    an earlier embed's output (``_OUTPUT_FILE``), so a mistyped ``--out`` (``.``, the
     model's folder, a folder of notes) never deletes what it holds. ValueError names one
     stranger and how many there are; changes nothing."""
     fs, path = resolve(out)
@@ -293,8 +293,7 @@ def _empty_output(out: str) -> None:
     ``SaveMode.OVERWRITE`` does); ``check_output`` first, so nothing else is ever deleted."""
     check_output(out)
     fs, path = resolve(out)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir_contents(path)
+    fs.delete_dir_contents(path, missing_dir_ok=True)
     fs.create_dir(path, recursive=True)
 
 
